@@ -1,0 +1,88 @@
+"""Training-time augmentation, batch-wise and seeded.
+
+Each level draws one random affine matrix (and intensity change) per image and lets MONAI's
+:class:`~monai.networks.layers.AffineTransform` resample the whole batch in one call, so the
+same code is fast on a CPU and on a GPU. Randomness comes from an explicit
+``torch.Generator``: a seed fixes the augmentation stream, and a resumed run continues it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from monai.networks.layers import AffineTransform
+
+
+@dataclass(frozen=True)
+class AugmentSpec:
+    """Ranges of one augmentation level (angles in degrees, shifts as a fraction of the image)."""
+
+    flip_p: float = 0.0  # probability of a left-right flip (brains are roughly symmetric)
+    rotate_deg: float = 0.0  # rotation drawn uniformly in +-rotate_deg
+    rotate_p: float = 1.0  # probability that an image is rotated at all
+    shift: float = 0.0  # translation drawn uniformly in +-shift (fraction of the field of view)
+    scale: float = 0.0  # isotropic zoom drawn uniformly in 1 +- scale
+    gamma: float = 0.0  # intensity gamma drawn log-uniformly in exp(+-gamma)
+    contrast: float = 0.0  # intensity scale drawn uniformly in 1 +- contrast
+    brightness: float = 0.0  # intensity offset drawn uniformly in +-brightness
+    noise_std: float = 0.0  # Gaussian noise with std drawn uniformly in [0, noise_std]
+
+
+LEVELS: dict[str, AugmentSpec] = {
+    "none": AugmentSpec(),
+    "flip_rotate": AugmentSpec(flip_p=0.5, rotate_deg=10.0, shift=0.05),
+    "strong": AugmentSpec(flip_p=0.5, rotate_deg=15.0, shift=0.08, scale=0.1,
+                          gamma=0.3, contrast=0.2, brightness=0.1, noise_std=0.03),
+}
+# Dar et al.'s positive view for the contrastive encoder: rotation within +-5 degrees and/or a
+# flip, each with probability 0.5. It defines what the detector treats as "the same image".
+CONTRASTIVE_VIEW = AugmentSpec(flip_p=0.5, rotate_deg=5.0, rotate_p=0.5)
+
+
+class BatchAugment:
+    """Apply an :class:`AugmentSpec` to a batch ``(B, 1, H, W)`` of images in [0, 1]."""
+
+    def __init__(self, spec: AugmentSpec | str, generator: torch.Generator):
+        self.spec = LEVELS[spec] if isinstance(spec, str) else spec
+        self.generator = generator
+        self._warp = AffineTransform(normalized=True, padding_mode="zeros", align_corners=False)
+
+    @property
+    def is_identity(self) -> bool:
+        return self.spec == AugmentSpec()
+
+    def _uniform(self, n: int, half_width: float) -> torch.Tensor:
+        return (torch.rand(n, generator=self.generator) * 2 - 1) * half_width
+
+    def _bernoulli(self, n: int, p: float) -> torch.Tensor:
+        return (torch.rand(n, generator=self.generator) < p).float()
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.is_identity:
+            return x
+        s, n = self.spec, x.shape[0]
+        # Random numbers are always drawn on the CPU generator, in a fixed order, so a CPU and a
+        # GPU run with the same seed see the same augmentations.
+        angle = self._uniform(n, math.radians(s.rotate_deg)) * self._bernoulli(n, s.rotate_p)
+        zoom = 1 + self._uniform(n, s.scale)
+        flip = 1 - 2 * self._bernoulli(n, s.flip_p)
+        shift = torch.stack([self._uniform(n, 2 * s.shift), self._uniform(n, 2 * s.shift)], 1)
+        cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
+        theta = torch.stack([torch.stack([cos * flip, -sin, shift[:, 0]], 1),
+                             torch.stack([sin * flip, cos, shift[:, 1]], 1)], 1)
+        out = self._warp(x, theta.to(x.device, x.dtype))
+        if s.gamma or s.contrast or s.brightness or s.noise_std:
+            out = self._intensity(out)
+        return out.clamp(0, 1)
+
+    def _intensity(self, x: torch.Tensor) -> torch.Tensor:
+        s, n = self.spec, x.shape[0]
+        shape = (n, 1, 1, 1)
+        gamma = torch.exp(self._uniform(n, s.gamma)).view(shape).to(x)
+        contrast = (1 + self._uniform(n, s.contrast)).view(shape).to(x)
+        bright = self._uniform(n, s.brightness).view(shape).to(x)
+        std = (torch.rand(n, generator=self.generator) * s.noise_std).view(shape).to(x)
+        noise = torch.randn(x.shape, generator=self.generator).to(x)
+        return x.clamp_min(0) ** gamma * contrast + bright + std * noise

@@ -1,0 +1,189 @@
+"""One frozen, typed configuration per run: every default of a grid cell lives here.
+
+A cell of the ablation grid is fully described by a :class:`RunConfig`. Notebooks and the
+command line build one with :meth:`RunConfig.from_params`, which rejects unknown keys (listing
+the valid ones) and invalid values *before* any training starts. The resolved config is the
+first file written to a run folder, so a crashed run still says what it was.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any, get_type_hints
+
+AUGMENTATIONS = ("none", "flip_rotate", "strong")
+UNET_PRESETS = ("XS", "S", "M", "L")
+MODELS = ("ldm",)
+DETECTORS = ("contrastive", "pixel")
+DATASETS = ("cohort",)
+
+
+class ConfigError(ValueError):
+    """A configuration value or key is invalid; the message says how to fix it."""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that defines one cell of the study (the *what*, never the *where*).
+
+    The defaults are the smallest run that works: a CPU smoke run of a few seconds, far too
+    short to memorize. The grid presets (``memstudy/grids/*.yaml``) set real budgets.
+    """
+
+    # --- data -------------------------------------------------------------------------
+    dataset: str = "cohort"  # "cohort" = the embedded generated cohort
+    image_size: int = 32  # square slice size in pixels (32, 64 or 128 for the cohort)
+    dataset_size: int = 8  # number of training slices the generative model sees
+    slices_per_patient: int = 4  # neighbouring axial slices taken from each patient volume
+    holdout_size: int = 16  # held-out slices (other patients) that calibrate tau
+    cohort_patients: int = 600  # size of the generated patient pool that splits are drawn from
+    data_seed: int = 0  # seeds the generated anatomy and the patient split
+
+    # --- model ------------------------------------------------------------------------
+    model: str = "ldm"  # model family: "ldm" = MONAI AutoencoderKL + latent DiffusionModelUNet
+    unet_preset: str = "S"  # latent UNet width/depth preset, see models.UNET_PRESETS
+    ae_channels: tuple[int, ...] = (16, 32, 32)  # AutoencoderKL widths; 2**(len-1) = downsampling
+    latent_channels: int = 3  # channels of the latent image
+    ae_steps: int = 30  # autoencoder (stage 1) optimisation steps
+    ae_lr: float = 1e-3  # autoencoder learning rate
+    kl_weight: float = 1e-6  # weight of the KL term in the autoencoder loss
+    adversarial_weight: float = 0.0  # >0 adds MONAI's PatchDiscriminator (slower, sharper)
+
+    # --- diffusion training -----------------------------------------------------------
+    augmentation: str = "none"  # "none" | "flip_rotate" | "strong" (affine + intensity)
+    train_steps: int = 30  # diffusion (stage 2) optimisation steps in total
+    checkpoints: tuple[int, ...] = ()  # steps at which to sample + measure; () = train_steps only
+    batch_size: int = 8  # images per optimisation step (capped at dataset_size by sampling)
+    lr: float = 1e-3  # AdamW learning rate of the diffusion model
+    ema_decay: float = 0.0  # exponential moving average of weights; 0 disables it
+    num_train_timesteps: int = 1000  # DDPM noise levels
+    seed: int = 0  # seeds model init, batches, augmentation and sampling
+
+    # --- sampling and detection -------------------------------------------------------
+    num_gen: int = 16  # synthetic samples drawn at each checkpoint
+    ddim_steps: int = 10  # DDIM sampling steps
+    detectors: tuple[str, ...] = ("contrastive", "pixel")  # detectors scored at every checkpoint
+    encoder_steps: int = 30  # contrastive encoder training steps (on the training set only)
+    encoder_dim: int = 128  # contrastive embedding size (Dar et al.: 128 in 2D)
+    tau_percentile: float = 95.0  # tau = this percentile of train->holdout max similarity
+    device: str = "auto"  # "auto" = CUDA when available, else CPU
+
+    # ----------------------------------------------------------------------------------
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any]) -> "RunConfig":
+        """Build a validated config from flat parameters (a notebook's or a grid cell's).
+
+        Lists may be given as lists or as comma-separated strings ("500,1000"), because
+        papermill's ``-p`` passes strings. Unknown keys raise :class:`ConfigError`.
+        """
+        unknown = sorted(set(params) - set(cls.field_names()))
+        if unknown:
+            raise ConfigError(
+                f"Unknown config key(s) {unknown}. Valid keys are: {', '.join(cls.field_names())}."
+            )
+        hints = get_type_hints(cls)
+        coerced = {name: _coerce(name, value, hints[name]) for name, value in params.items()}
+        return cls(**coerced)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` on the first value that cannot work, saying what to do."""
+        _choice("dataset", self.dataset, DATASETS)
+        _choice("model", self.model, MODELS)
+        _choice("augmentation", self.augmentation, AUGMENTATIONS)
+        _choice("unet_preset", self.unet_preset, UNET_PRESETS)
+        for name in self.detectors:
+            _choice("detectors", name, DETECTORS)
+        if not self.detectors:
+            raise ConfigError("detectors is empty: name at least one of " + ", ".join(DETECTORS))
+        for name in ("image_size", "dataset_size", "slices_per_patient", "holdout_size",
+                     "cohort_patients", "latent_channels", "ae_steps", "train_steps",
+                     "batch_size", "num_train_timesteps", "num_gen", "ddim_steps",
+                     "encoder_steps", "encoder_dim"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)}.")
+        factor = 2 ** (len(self.ae_channels) - 1)
+        if self.image_size % (4 * factor):
+            raise ConfigError(
+                f"image_size {self.image_size} must be divisible by {4 * factor} (the autoencoder "
+                f"downsamples by {factor} and the latent UNet by up to 4): try 32, 64 or 128."
+            )
+        if self.dataset_size % self.slices_per_patient:
+            raise ConfigError(
+                f"dataset_size {self.dataset_size} must be a multiple of slices_per_patient "
+                f"{self.slices_per_patient}, because training sets are whole patients."
+            )
+        needed = (self.dataset_size + self.holdout_size) // self.slices_per_patient + 2
+        if needed > self.cohort_patients * 0.8:
+            raise ConfigError(
+                f"cohort_patients={self.cohort_patients} is too small for dataset_size="
+                f"{self.dataset_size} + holdout_size={self.holdout_size}: raise it to at least "
+                f"{int(needed / 0.8) + 1}."
+            )
+        bad = [c for c in self.checkpoints if not 0 < c <= self.train_steps]
+        if bad:
+            raise ConfigError(f"checkpoints {bad} fall outside 1..train_steps={self.train_steps}.")
+        if not 0 < self.tau_percentile < 100:
+            raise ConfigError(f"tau_percentile must be in (0, 100), got {self.tau_percentile}.")
+        if not 0 <= self.ema_decay < 1:
+            raise ConfigError(f"ema_decay must be in [0, 1), got {self.ema_decay}.")
+        for name in ("lr", "ae_lr"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}.")
+
+    # ----------------------------------------------------------------------------------
+    @property
+    def eval_steps(self) -> tuple[int, ...]:
+        """Sorted training lengths at which the model is sampled and measured."""
+        return tuple(sorted(set(self.checkpoints) | {self.train_steps}))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "RunConfig":
+        return cls.from_params(json.loads(text))
+
+    def digest(self) -> str:
+        """Short content hash: two configs with the same digest are the same experiment."""
+        return hashlib.sha256(self.to_json().encode()).hexdigest()[:10]
+
+    def replace(self, **changes: Any) -> "RunConfig":
+        return RunConfig.from_params({**self.to_dict(), **changes})
+
+
+def _choice(name: str, value: str, valid: tuple[str, ...]) -> None:
+    if value not in valid:
+        raise ConfigError(f"{name}={value!r} is not one of {', '.join(map(repr, valid))}.")
+
+
+def _coerce(name: str, value: Any, hint: Any) -> Any:
+    """Turn papermill/YAML/JSON values into the field's declared type, or explain why not."""
+    origin = getattr(hint, "__origin__", None)
+    try:
+        if origin is tuple:
+            item_type = hint.__args__[0]
+            if isinstance(value, str):
+                value = [v for v in value.replace(" ", "").split(",") if v]
+            return tuple(item_type(v) for v in value)
+        if hint is bool:
+            if isinstance(value, str):
+                return value.lower() in ("1", "true", "yes")
+            return bool(value)
+        if hint is int and isinstance(value, float) and not value.is_integer():
+            raise ValueError("not a whole number")
+        return hint(value)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"{name}={value!r} cannot be read as {hint}: {err}") from None

@@ -1,0 +1,76 @@
+"""The latent diffusion model, assembled from MONAI parts.
+
+Stage 1 is MONAI's ``AutoencoderKL`` (images <-> small latent images); stage 2 is MONAI's
+``DiffusionModelUNet`` trained with DDPM noise on those latents and sampled with DDIM. The size
+presets are the "model size" axis of the ablation grid.
+"""
+
+from __future__ import annotations
+
+import torch
+from monai.networks.nets import AutoencoderKL, DiffusionModelUNet, PatchDiscriminator
+from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
+
+from .config import RunConfig
+
+NORM_GROUPS = 8  # GroupNorm groups; divides every width used below
+
+# Latent UNet presets: widths per level, which levels use self-attention, res blocks per level.
+# The number of parameters is printed by `memstudy.models.describe`; the book's methods chapter
+# lists them.
+UNET_PRESETS: dict[str, dict] = {
+    "XS": dict(channels=(16, 32), attention_levels=(False, False), num_res_blocks=1),
+    "S": dict(channels=(32, 64, 64), attention_levels=(False, False, False), num_res_blocks=1),
+    "M": dict(channels=(64, 128, 128), attention_levels=(False, False, True), num_res_blocks=1),
+    "L": dict(channels=(128, 256, 256), attention_levels=(False, True, True), num_res_blocks=2),
+}
+
+# The noise schedule of MONAI's latent diffusion tutorials (scaled-linear betas).
+SCHEDULE = dict(schedule="scaled_linear_beta", beta_start=0.0015, beta_end=0.0195)
+
+
+def build_autoencoder(cfg: RunConfig) -> AutoencoderKL:
+    """Stage 1: a KL-regularised autoencoder; downsamples by 2**(len(ae_channels) - 1)."""
+    levels = len(cfg.ae_channels)
+    return AutoencoderKL(
+        spatial_dims=2, in_channels=1, out_channels=1, channels=cfg.ae_channels,
+        latent_channels=cfg.latent_channels, num_res_blocks=1,
+        attention_levels=(False,) * levels, norm_num_groups=NORM_GROUPS,
+        with_encoder_nonlocal_attn=False, with_decoder_nonlocal_attn=False,
+    )
+
+
+def build_discriminator() -> PatchDiscriminator:
+    """Optional adversarial partner of the autoencoder (used when adversarial_weight > 0)."""
+    return PatchDiscriminator(spatial_dims=2, num_layers_d=2, channels=32, in_channels=1,
+                              out_channels=1, norm="INSTANCE")
+
+
+def build_unet(cfg: RunConfig) -> DiffusionModelUNet:
+    """Stage 2: the denoising UNet on latents, sized by ``cfg.unet_preset``."""
+    preset = UNET_PRESETS[cfg.unet_preset]
+    return DiffusionModelUNet(
+        spatial_dims=2, in_channels=cfg.latent_channels, out_channels=cfg.latent_channels,
+        norm_num_groups=NORM_GROUPS, num_head_channels=preset["channels"][-1], **preset,
+    )
+
+
+def build_train_scheduler(cfg: RunConfig) -> DDPMScheduler:
+    return DDPMScheduler(num_train_timesteps=cfg.num_train_timesteps, **SCHEDULE)
+
+
+def build_sample_scheduler(cfg: RunConfig) -> DDIMScheduler:
+    # clip_sample=False: latents are not confined to [-1, 1] as pixels would be.
+    sched = DDIMScheduler(num_train_timesteps=cfg.num_train_timesteps, clip_sample=False, **SCHEDULE)
+    sched.set_timesteps(cfg.ddim_steps)
+    return sched
+
+
+def n_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def describe() -> dict[str, int]:
+    """Parameter count of each UNet preset (for the methods chapter's table)."""
+    base = RunConfig()
+    return {name: n_params(build_unet(base.replace(unet_preset=name))) for name in UNET_PRESETS}
