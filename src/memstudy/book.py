@@ -1,0 +1,55 @@
+"""Small helpers for the book's pages, so each page stays a few readable lines.
+
+The book shows one preset's results, read from files: ``$MEMSTUDY_RESULTS/<preset>/``, with
+the preset from ``$MEMSTUDY_BOOK_PRESET`` (default ``quick``, what the README's main command
+runs). Nothing here trains or samples.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .runio import read_json, results_root
+
+PRESET_ENV = "MEMSTUDY_BOOK_PRESET"
+
+
+def preset() -> str:
+    return os.environ.get(PRESET_ENV, "quick")
+
+
+def preset_dir() -> Path:
+    return results_root() / preset()
+
+
+def complete_cells(root: Path | None = None) -> list[Path]:
+    """Complete run folders of the preset, in the order the grid planned them."""
+    root = root or preset_dir()
+    plan = root / "grid.json"
+    names = read_json(plan)["cells"] if plan.exists() else sorted(p.name for p in root.iterdir())
+    cells = [root / n for n in names if (root / n / "metrics.json").exists()]
+    if not cells:
+        raise FileNotFoundError(
+            f"No complete run folder under {root}. Run the grid first: "
+            f"`memstudy grid run {preset()}` (or set {PRESET_ENV} / MEMSTUDY_RESULTS).")
+    return cells
+
+
+def figure(path: Path, caption: str = "") -> None:
+    """Show a PNG from a run folder, captioned with the folder it came from."""
+    from IPython.display import Image, Markdown, display
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: rerun the cell that should have written it.")
+    display(Image(filename=str(path)))
+    where = path.relative_to(results_root()) if path.is_relative_to(results_root()) else path
+    display(Markdown(f"*{caption}{' — ' if caption else ''}from `{where}`.*"))
+
+
+def last_step_figures(run_dir: Path, detector: str = "contrastive") -> tuple[Path, Path]:
+    """Histogram and gallery of a run's last checkpoint for one detector."""
+    step = max(int(r["step"]) for r in read_json(run_dir / "metrics.json")["rows"])
+    tag = f"step{step:06d}_{detector}"
+    return run_dir / "figures" / f"hist_{tag}.png", run_dir / "figures" / f"gallery_{tag}.png"
