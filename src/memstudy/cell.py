@@ -33,8 +33,7 @@ from .detectors import Detector, make_detector, score
 from .neighbors import pearson_rows
 from .runio import (environment, read_json, read_jsonl, results_root, save_atomic,
                     write_json_atomic)
-from .sampling import sample_ldm
-from .train import DiffusionTraining, resolve_device, train_autoencoder
+from .train import make_training, resolve_device
 
 GALLERY_ROWS = 6
 
@@ -88,36 +87,37 @@ def run_cell(cfg: RunConfig, run_dir: str | Path | None = None, progress: bool =
     figures.save(plot_cohort(sets.train, n_patients=min(4, len(sets.train) // cfg.slices_per_patient)),
                  run_dir / "figures" / "train_examples.png")
 
-    ae = train_autoencoder(cfg, train, device, run_dir, progress)
-    recon_r = _recon_pearson(ae, holdout, device)
+    training = make_training(cfg, train, device, run_dir, progress)
+    ae = getattr(training, "space", getattr(training, "ae", None))
+    recon_r = _recon_pearson(ae, holdout, device) if hasattr(ae, "model") else None
     detectors = [make_detector(name, dim=cfg.encoder_dim, steps=cfg.encoder_steps, seed=cfg.seed,
                                device=device, cache_dir=run_dir).fit(train)
                  for name in cfg.detectors]
 
-    def on_checkpoint(step: int, unet: torch.nn.Module) -> None:
-        evaluate_checkpoint(cfg, step, unet, ae, sets, detectors, device, run_dir, source)
+    def on_checkpoint(step: int, model) -> None:
+        evaluate_checkpoint(cfg, step, model, sets, detectors, run_dir, source)
 
-    DiffusionTraining(cfg, ae, train, device, run_dir).run(on_checkpoint, progress)
+    training.run(on_checkpoint, progress)
 
     rows = []
     for step in cfg.eval_steps:
         rows += read_json(run_dir / "eval" / f"step_{step:06d}.json")
     figures.save(figures.training_curve(read_jsonl(run_dir / "stats.jsonl"), source),
                  run_dir / "figures" / "training_curve.png")
-    metrics = {"rows": rows, "autoencoder_recon_pearson_holdout": recon_r,
+    metrics = {"rows": rows, "model": cfg.model, "autoencoder_recon_pearson_holdout": recon_r,
                "config_digest": cfg.digest(), "device": device,
                "wall_s_this_session": round(time.perf_counter() - tic, 1)}
     write_json_atomic(run_dir / "metrics.json", metrics)  # last: marks the cell complete
     return metrics
 
 
-def evaluate_checkpoint(cfg: RunConfig, step: int, unet: torch.nn.Module, ae, sets: Sets,
-                        detectors: list[Detector], device: str, run_dir: Path, source: str) -> None:
+def evaluate_checkpoint(cfg: RunConfig, step: int, model, sets: Sets, detectors: list[Detector],
+                        run_dir: Path, source: str) -> None:
     """Sample the synthetic set of one checkpoint and score it with every detector."""
     out = run_dir / "eval" / f"step_{step:06d}.json"
     if out.exists():
         return
-    gen = sample_ldm(cfg, ae, unet, cfg.num_gen, seed=cfg.seed * 1_000_003 + step, device=device)
+    gen = model.sample(cfg.num_gen, seed=cfg.seed * 1_000_003 + step)
     save_atomic(lambda p: np.savez_compressed(p, images=gen.numpy().astype(np.float16)),
                 run_dir / "samples" / f"step_{step:06d}.npz")
     train, holdout = sets.tensors()

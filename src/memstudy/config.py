@@ -16,7 +16,7 @@ from typing import Any, get_type_hints
 
 AUGMENTATIONS = ("none", "flip_rotate", "strong")
 UNET_PRESETS = ("XS", "S", "M", "L")
-MODELS = ("ldm",)
+MODELS = ("ldm", "pixel_dm", "autoencoder", "gan")
 DETECTORS = ("contrastive", "pixel")
 DATASETS = ("cohort",)
 
@@ -43,7 +43,8 @@ class RunConfig:
     data_seed: int = 0  # seeds the generated anatomy and the patient split
 
     # --- model ------------------------------------------------------------------------
-    model: str = "ldm"  # model family: "ldm" = MONAI AutoencoderKL + latent DiffusionModelUNet
+    model: str = "ldm"  # family: "ldm" (AutoencoderKL + latent UNet), "pixel_dm" (UNet on
+    #                     pixels), "autoencoder" (decoded latent-prior draws), "gan" (MONAI GAN)
     unet_preset: str = "S"  # latent UNet width/depth preset, see models.UNET_PRESETS
     ae_channels: tuple[int, ...] = (16, 32, 32)  # AutoencoderKL widths; 2**(len-1) = downsampling
     latent_channels: int = 3  # channels of the latent image
@@ -144,6 +145,8 @@ class RunConfig:
     @property
     def eval_steps(self) -> tuple[int, ...]:
         """Sorted training lengths at which the model is sampled and measured."""
+        if self.model == "autoencoder":  # measured once, at the end of stage 1
+            return (self.ae_steps,)
         return tuple(sorted(set(self.checkpoints) | {self.train_steps}))
 
     def to_dict(self) -> dict[str, Any]:

@@ -80,16 +80,19 @@ def nearest_gallery(gen: np.ndarray, train: np.ndarray, holdout: np.ndarray, sim
 
 
 def training_curve(records: list[dict], source: str):
-    """Loss of both stages against step, from ``stats.jsonl``."""
+    """Loss of every training stage against step, from ``stats.jsonl``."""
     plt, _ = _plt()
-    fig, axes = plt.subplots(1, 2, figsize=(6.4, 2.4), dpi=120)
-    for ax, stage in zip(axes, ("autoencoder", "diffusion")):
+    stages = list(dict.fromkeys(r["stage"] for r in records)) or ["(no records)"]
+    fig, axes = plt.subplots(1, len(stages), figsize=(3.2 * len(stages), 2.4), dpi=120,
+                             squeeze=False)
+    for ax, stage in zip(axes[0], stages):
         rows = [r for r in records if r.get("stage") == stage]
         ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], lw=1)
         ax.set_title(stage, fontsize=8)
         ax.set_xlabel("step")
-        ax.set_yscale("log")
-    axes[0].set_ylabel("loss")
+        if rows and min(r["loss"] for r in rows) > 0:
+            ax.set_yscale("log")
+    axes[0, 0].set_ylabel("loss")
     stamp(fig, source)
     fig.tight_layout()
     return fig

@@ -8,7 +8,8 @@ presets are the "model size" axis of the ablation grid.
 from __future__ import annotations
 
 import torch
-from monai.networks.nets import AutoencoderKL, DiffusionModelUNet, PatchDiscriminator
+from monai.networks.nets import (AutoencoderKL, Discriminator, DiffusionModelUNet, Generator,
+                                 PatchDiscriminator)
 from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
 
 from .config import RunConfig
@@ -46,11 +47,13 @@ def build_discriminator() -> PatchDiscriminator:
                               out_channels=1, norm="INSTANCE")
 
 
-def build_unet(cfg: RunConfig) -> DiffusionModelUNet:
-    """Stage 2: the denoising UNet on latents, sized by ``cfg.unet_preset``."""
+def build_unet(cfg: RunConfig, channels: int | None = None) -> DiffusionModelUNet:
+    """The denoising UNet, sized by ``cfg.unet_preset``, on ``channels``-channel inputs
+    (the latent channels for latent diffusion, 1 for pixel-space diffusion)."""
     preset = UNET_PRESETS[cfg.unet_preset]
+    channels = channels or cfg.latent_channels
     return DiffusionModelUNet(
-        spatial_dims=2, in_channels=cfg.latent_channels, out_channels=cfg.latent_channels,
+        spatial_dims=2, in_channels=channels, out_channels=channels,
         norm_num_groups=NORM_GROUPS, num_head_channels=preset["channels"][-1], **preset,
     )
 
@@ -59,11 +62,22 @@ def build_train_scheduler(cfg: RunConfig) -> DDPMScheduler:
     return DDPMScheduler(num_train_timesteps=cfg.num_train_timesteps, **SCHEDULE)
 
 
-def build_sample_scheduler(cfg: RunConfig) -> DDIMScheduler:
-    # clip_sample=False: latents are not confined to [-1, 1] as pixels would be.
-    sched = DDIMScheduler(num_train_timesteps=cfg.num_train_timesteps, clip_sample=False, **SCHEDULE)
+def build_sample_scheduler(cfg: RunConfig, clip: bool = False) -> DDIMScheduler:
+    # clip=False for latents, which are not confined to [-1, 1] as pixels are.
+    sched = DDIMScheduler(num_train_timesteps=cfg.num_train_timesteps, clip_sample=clip, **SCHEDULE)
     sched.set_timesteps(cfg.ddim_steps)
     return sched
+
+
+def build_gan(cfg: RunConfig, z_dim: int) -> tuple[Generator, Discriminator]:
+    """Generator and discriminator for the GAN family; widths follow ``cfg.unet_preset``."""
+    w = UNET_PRESETS[cfg.unet_preset]["channels"][0]
+    start = cfg.image_size // 4
+    gen = Generator(latent_shape=(z_dim,), start_shape=(4 * w, start, start),
+                    channels=(2 * w, w, 1), strides=(2, 2, 1), num_res_units=1)
+    disc = Discriminator(in_shape=(1, cfg.image_size, cfg.image_size), channels=(w, 2 * w, 4 * w),
+                         strides=(2, 2, 2), num_res_units=1, dropout=0.25, last_act=None)
+    return gen, disc
 
 
 def n_params(model: torch.nn.Module) -> int:

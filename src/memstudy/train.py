@@ -21,7 +21,8 @@ from tqdm.auto import tqdm
 
 from .augment import BatchAugment
 from .config import RunConfig
-from .models import build_autoencoder, build_discriminator, build_train_scheduler, build_unet
+from .models import (build_autoencoder, build_discriminator, build_gan, build_sample_scheduler,
+                     build_train_scheduler, build_unet)
 from .runio import append_jsonl, save_atomic
 
 LOG_EVERY = 25  # steps between two records in stats.jsonl
@@ -52,11 +53,28 @@ def kl_loss(z_mu: torch.Tensor, z_sigma: torch.Tensor) -> torch.Tensor:
     return kl.flatten(1).sum(1).mean()
 
 
+class PixelSpace:
+    """The identity "autoencoder" of pixel-space diffusion: [0, 1] images <-> [-1, 1] pixels."""
+
+    channels = 1
+    downsample = 1
+
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return x * 2 - 1
+
+    @torch.no_grad()
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return (z + 1) / 2
+
+
 class Autoencoder:
     """Stage 1 plus the latent scale factor that makes latents roughly unit-variance."""
 
     def __init__(self, model, scale_factor: float):
         self.model, self.scale_factor = model, scale_factor
+        self.channels = model.latent_channels
+        self.downsample = 2 ** (len(model.encoder.channels) - 1)
 
     @torch.no_grad()
     def encode(self, x: torch.Tensor) -> torch.Tensor:
@@ -120,99 +138,230 @@ def train_autoencoder(cfg: RunConfig, train: torch.Tensor, device: str, run_dir:
     return Autoencoder(model, scale)
 
 
-class DiffusionTraining:
-    """Stage 2: DDPM training of the latent UNet, with checkpoints that double as resume points.
 
-    ``run(on_checkpoint)`` trains to ``cfg.train_steps`` and calls ``on_checkpoint(step, unet)``
-    at every step of ``cfg.eval_steps``, with the EMA weights when EMA is enabled.
+
+class CheckpointedTraining:
+    """A training loop whose checkpoints are both measurement points and resume points.
+
+    Subclasses define ``modules()`` (everything with a state dict), ``train_step()`` and
+    ``sample(n, seed)``. ``run(on_checkpoint)`` trains to ``cfg.train_steps`` and calls
+    ``on_checkpoint(step, self)`` at every step of ``cfg.eval_steps``, after saving the full
+    state (modules, optimisers, random generator) to ``checkpoints/last.pt``.
     """
 
-    def __init__(self, cfg: RunConfig, ae: Autoencoder, train: torch.Tensor, device: str,
-                 run_dir: Path):
-        self.cfg, self.ae, self.device, self.run_dir = cfg, ae, device, run_dir
-        self.ckpt_dir = run_dir / "checkpoints"
+    stage = "model"
+
+    def __init__(self, cfg: RunConfig, device: str, run_dir: Path):
+        self.cfg, self.device, self.run_dir = cfg, device, run_dir
+        self.gen = torch.Generator().manual_seed(cfg.seed + 1_000_003)  # independent of stage 1
+        self.step = 0
+
+    def modules(self) -> dict:
+        raise NotImplementedError
+
+    def train_step(self) -> float:
+        raise NotImplementedError
+
+    def sample(self, n: int, seed: int) -> torch.Tensor:
+        raise NotImplementedError
+
+    def save(self) -> None:
+        state = {"step": self.step, "gen": self.gen.get_state(),
+                 **{k: m.state_dict() for k, m in self.modules().items()}}
+        save_atomic(lambda p: torch.save(state, p), self.run_dir / "checkpoints" / "last.pt")
+
+    def try_resume(self) -> int:
+        """Load ``checkpoints/last.pt`` if present; return the step training resumes from."""
+        path = self.run_dir / "checkpoints" / "last.pt"
+        if not path.exists():
+            return 0
+        state = torch.load(path, map_location=self.device, weights_only=False)
+        for k, m in self.modules().items():
+            m.load_state_dict(state[k])
+        self.gen.set_state(state["gen"])
+        self.step = state["step"]
+        return self.step
+
+    def train(self, mode: bool = True) -> None:
+        for m in self.modules().values():
+            if isinstance(m, torch.nn.Module):
+                m.train(mode)
+
+    def run(self, on_checkpoint: Callable[[int, "CheckpointedTraining"], None],
+            progress: bool = True) -> None:
+        cfg, stats = self.cfg, self.run_dir / "stats.jsonl"
+        start = self.try_resume()
+        if start in cfg.eval_steps:  # killed after saving, possibly before evaluating
+            self.train(False)
+            on_checkpoint(start, self)
+        bar = tqdm(total=cfg.train_steps, initial=start, desc=self.stage, disable=not progress,
+                   leave=False)
+        self.train(True)
+        tic = time.perf_counter()
+        while self.step < cfg.train_steps:
+            loss = self.train_step()
+            self.step += 1
+            bar.update(1)
+            if self.step % LOG_EVERY == 0:
+                rate = LOG_EVERY / (time.perf_counter() - tic)
+                append_jsonl(stats, {"stage": self.stage, "step": self.step, "loss": loss,
+                                     "steps_per_s": rate})
+                bar.set_postfix(loss=f"{loss:.4f}")
+                tic = time.perf_counter()
+            if self.step in cfg.eval_steps:
+                self.save()
+                self.train(False)
+                on_checkpoint(self.step, self)
+                self.train(True)
+                tic = time.perf_counter()
+        bar.close()
+
+
+class DiffusionTraining(CheckpointedTraining):
+    """DDPM training of a ``DiffusionModelUNet`` in a space: latent (LDM) or pixels.
+
+    Samples are drawn with DDIM from noise seeded by ``seed`` alone, so the synthetic set of a
+    checkpoint does not depend on whether training was resumed.
+    """
+
+    stage = "diffusion"
+
+    def __init__(self, cfg: RunConfig, space: Autoencoder | PixelSpace, train: torch.Tensor,
+                 device: str, run_dir: Path):
+        super().__init__(cfg, device, run_dir)
+        self.space = space
         torch.manual_seed(cfg.seed)
-        self.unet = build_unet(cfg).to(device)
+        self.unet = build_unet(cfg, space.channels).to(device)
         self.ema = (AveragedModel(self.unet, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay))
                     if cfg.ema_decay > 0 else None)
         self.opt = torch.optim.AdamW(self.unet.parameters(), lr=cfg.lr)
         self.scheduler = build_train_scheduler(cfg)
         self.inferer = DiffusionInferer(self.scheduler)
-        self.gen = torch.Generator().manual_seed(cfg.seed + 1_000_003)  # independent of stage 1
         self.augment = BatchAugment(cfg.augmentation, self.gen)
         self.train_images = train.to(device)
-        # Without augmentation the latents never change: encode the training set once.
-        self.latents = ae.encode(self.train_images) if self.augment.is_identity else None
-        self.step = 0
+        # Without augmentation the encoded training set never changes: encode it once.
+        self.latents = space.encode(self.train_images) if self.augment.is_identity else None
 
-    # --- resume ----------------------------------------------------------------------
-    def _state(self) -> dict:
-        return {"step": self.step, "unet": self.unet.state_dict(), "opt": self.opt.state_dict(),
-                "ema": None if self.ema is None else self.ema.state_dict(),
-                "gen": self.gen.get_state()}
+    def modules(self) -> dict:
+        mods = {"unet": self.unet, "opt": self.opt}
+        return mods if self.ema is None else {**mods, "ema": self.ema}
 
-    def save(self) -> None:
-        save_atomic(lambda p: torch.save(self._state(), p), self.ckpt_dir / "last.pt")
+    def denoiser(self) -> torch.nn.Module:
+        """The network that samples: the EMA weights when EMA is on."""
+        return self.ema.module if self.ema is not None else self.unet
 
-    def try_resume(self) -> int:
-        """Load ``checkpoints/last.pt`` if present; return the step training resumes from."""
-        path = self.ckpt_dir / "last.pt"
-        if not path.exists():
-            return 0
-        state = torch.load(path, map_location=self.device, weights_only=False)
-        self.unet.load_state_dict(state["unet"])
-        self.opt.load_state_dict(state["opt"])
-        if self.ema is not None:
-            self.ema.load_state_dict(state["ema"])
-        self.gen.set_state(state["gen"])
-        self.step = state["step"]
-        return self.step
-
-    # --- training --------------------------------------------------------------------
-    def _loss(self) -> torch.Tensor:
+    def train_step(self) -> float:
         cfg = self.cfg
         if self.latents is not None:
             z = _batch(self.latents, cfg.batch_size, self.gen)
         else:
-            z = self.ae.encode(self.augment(_batch(self.train_images, cfg.batch_size, self.gen)))
+            z = self.space.encode(self.augment(_batch(self.train_images, cfg.batch_size, self.gen)))
         noise = torch.randn(z.shape, generator=self.gen).to(self.device)
         t = torch.randint(0, cfg.num_train_timesteps, (z.shape[0],), generator=self.gen).to(self.device)
         with _autocast(self.device):
             pred = self.inferer(inputs=z, diffusion_model=self.unet, noise=noise, timesteps=t)
-        return F.mse_loss(pred.float(), noise)
+        loss = F.mse_loss(pred.float(), noise)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        if self.ema is not None:
+            self.ema.update_parameters(self.unet)
+        return loss.item()
 
-    def run(self, on_checkpoint: Callable[[int, torch.nn.Module], None], progress: bool = True) -> None:
-        cfg, stats = self.cfg, self.run_dir / "stats.jsonl"
-        start = self.try_resume()
-        if start in cfg.eval_steps:  # killed after saving, possibly before evaluating
-            on_checkpoint(start, self.sampling_model())
-        bar = tqdm(total=cfg.train_steps, initial=start, desc="diffusion", disable=not progress,
-                   leave=False)
-        self.unet.train()
-        tic = time.perf_counter()
-        while self.step < cfg.train_steps:
-            loss = self._loss()
-            self.opt.zero_grad(set_to_none=True)
-            loss.backward()
-            self.opt.step()
-            if self.ema is not None:
-                self.ema.update_parameters(self.unet)
-            self.step += 1
-            bar.update(1)
-            if self.step % LOG_EVERY == 0:
-                rate = LOG_EVERY / (time.perf_counter() - tic)
-                append_jsonl(stats, {"stage": "diffusion", "step": self.step, "loss": loss.item(),
-                                     "steps_per_s": rate})
-                bar.set_postfix(loss=f"{loss.item():.4f}")
-                tic = time.perf_counter()
-            if self.step in cfg.eval_steps:
-                self.save()
-                self.unet.eval()
-                on_checkpoint(self.step, self.sampling_model())
-                self.unet.train()
-                tic = time.perf_counter()
-        bar.close()
+    @torch.no_grad()
+    def sample(self, n: int, seed: int, batch_size: int = 256) -> torch.Tensor:
+        cfg, unet = self.cfg, self.denoiser().eval()
+        scheduler = build_sample_scheduler(cfg, clip=isinstance(self.space, PixelSpace))
+        inferer = DiffusionInferer(scheduler)
+        size = cfg.image_size // self.space.downsample
+        gen, out = torch.Generator().manual_seed(seed), []
+        for start in range(0, n, batch_size):
+            m = min(batch_size, n - start)
+            noise = torch.randn((m, self.space.channels, size, size), generator=gen).to(self.device)
+            with _autocast(self.device):
+                z = inferer.sample(input_noise=noise, diffusion_model=unet, scheduler=scheduler,
+                                   verbose=False)
+            out.append(self.space.decode(z.float()).float().clamp(0, 1).cpu())
+        return torch.cat(out)
 
-    def sampling_model(self) -> torch.nn.Module:
-        model = self.ema.module if self.ema is not None else self.unet
-        return model.eval()
+
+class GANTraining(CheckpointedTraining):
+    """A small DCGAN-style GAN from MONAI's ``Generator`` and ``Discriminator``.
+
+    Non-saturating loss with Adam(2e-4, betas 0.5/0.999), the settings that keep small GANs
+    stable. Augmentation is applied to the real images the discriminator sees.
+    """
+
+    stage = "gan"
+    z_dim = 64
+
+    def __init__(self, cfg: RunConfig, train: torch.Tensor, device: str, run_dir: Path):
+        super().__init__(cfg, device, run_dir)
+        torch.manual_seed(cfg.seed)
+        self.G, self.D = (m.to(device) for m in build_gan(cfg, self.z_dim))
+        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=2e-4, betas=(0.5, 0.999))
+        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=2e-4, betas=(0.5, 0.999))
+        self.augment = BatchAugment(cfg.augmentation, self.gen)
+        self.train_images = train.to(device)
+
+    def modules(self) -> dict:
+        return {"G": self.G, "D": self.D, "opt_g": self.opt_g, "opt_d": self.opt_d}
+
+    def _fake(self, n: int, gen: torch.Generator) -> torch.Tensor:
+        return torch.sigmoid(self.G(torch.randn(n, self.z_dim, generator=gen).to(self.device)))
+
+    def train_step(self) -> float:
+        real = self.augment(_batch(self.train_images, self.cfg.batch_size, self.gen))
+        fake = self._fake(len(real), self.gen)
+        ones, zeros = torch.ones(len(real), 1, device=self.device), torch.zeros(len(real), 1, device=self.device)
+        d_loss = (F.binary_cross_entropy_with_logits(self.D(real), ones)
+                  + F.binary_cross_entropy_with_logits(self.D(fake.detach()), zeros))
+        self.opt_d.zero_grad(set_to_none=True)
+        d_loss.backward()
+        self.opt_d.step()
+        g_loss = F.binary_cross_entropy_with_logits(self.D(fake), ones)
+        self.opt_g.zero_grad(set_to_none=True)
+        g_loss.backward()
+        self.opt_g.step()
+        return g_loss.item()
+
+    @torch.no_grad()
+    def sample(self, n: int, seed: int) -> torch.Tensor:
+        self.G.eval()
+        return self._fake(n, torch.Generator().manual_seed(seed)).float().cpu()
+
+
+class AutoencoderPrior:
+    """The autoencoder alone as a generator: decode draws from its latent prior.
+
+    With the tiny KL weight of latent diffusion the posterior does not match N(0, I), so the
+    prior is a diagonal Gaussian fitted to the training latents (per latent element). Measured
+    once, at the end of stage 1 (step = ae_steps).
+    """
+
+    def __init__(self, cfg: RunConfig, ae: Autoencoder, train: torch.Tensor, device: str):
+        self.cfg, self.ae, self.device = cfg, ae, device
+        z = ae.encode(train.to(device))
+        self.mean, self.std = z.mean(0), z.std(0)
+
+    def run(self, on_checkpoint, progress: bool = True) -> None:
+        on_checkpoint(self.cfg.ae_steps, self)
+
+    @torch.no_grad()
+    def sample(self, n: int, seed: int) -> torch.Tensor:
+        eps = torch.randn((n, *self.mean.shape), generator=torch.Generator().manual_seed(seed))
+        z = self.mean + self.std * eps.to(self.device)
+        return self.ae.decode(z).float().clamp(0, 1).cpu()
+
+
+def make_training(cfg: RunConfig, train: torch.Tensor, device: str, run_dir: Path,
+                  progress: bool = True):
+    """The trainer of ``cfg.model``; each has ``run(on_checkpoint)`` and ``sample(n, seed)``."""
+    if cfg.model == "gan":
+        return GANTraining(cfg, train, device, run_dir)
+    if cfg.model == "pixel_dm":
+        return DiffusionTraining(cfg, PixelSpace(), train, device, run_dir)
+    ae = train_autoencoder(cfg, train, device, run_dir, progress)
+    if cfg.model == "autoencoder":
+        return AutoencoderPrior(cfg, ae, train, device)
+    return DiffusionTraining(cfg, ae, train, device, run_dir)
