@@ -53,3 +53,21 @@ def last_step_figures(run_dir: Path, detector: str = "contrastive") -> tuple[Pat
     step = max(int(r["step"]) for r in read_json(run_dir / "metrics.json")["rows"])
     tag = f"step{step:06d}_{detector}"
     return run_dir / "figures" / f"hist_{tag}.png", run_dir / "figures" / f"gallery_{tag}.png"
+
+
+def load_report(root: Path | None = None):
+    """The preset's report table and grid plan, as written by ``memstudy report``."""
+    import pandas as pd
+
+    root = root or preset_dir()
+    path = root / "report.parquet"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: run `memstudy report {root}` after the grid.")
+    return pd.read_parquet(path), read_json(root / "grid.json")
+
+
+def cells_named(df, cells) -> str:
+    """Caption text naming the preset and the cells a table or figure was made from."""
+    cells = sorted(set(cells))
+    shown = ", ".join(f"`{c}`" for c in cells[:4]) + (f" and {len(cells) - 4} more" if len(cells) > 4 else "")
+    return f"preset `{preset()}`, cells {shown}"

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import figures
+from . import figures, quality
 from .config import ConfigError, RunConfig
 from .data import Sets, load_sets
 from .detectors import Detector, make_detector, score
@@ -90,12 +90,13 @@ def run_cell(cfg: RunConfig, run_dir: str | Path | None = None, progress: bool =
     training = make_training(cfg, train, device, run_dir, progress)
     ae = getattr(training, "space", getattr(training, "ae", None))
     recon_r = _recon_pearson(ae, holdout, device) if hasattr(ae, "model") else None
+    ruler = quality.feature_encoder(cfg, device)
     detectors = [make_detector(name, dim=cfg.encoder_dim, steps=cfg.encoder_steps, seed=cfg.seed,
                                device=device, cache_dir=run_dir).fit(train)
                  for name in cfg.detectors]
 
     def on_checkpoint(step: int, model) -> None:
-        evaluate_checkpoint(cfg, step, model, sets, detectors, run_dir, source)
+        evaluate_checkpoint(cfg, step, model, sets, detectors, ruler, run_dir, source)
 
     training.run(on_checkpoint, progress)
 
@@ -112,8 +113,8 @@ def run_cell(cfg: RunConfig, run_dir: str | Path | None = None, progress: bool =
 
 
 def evaluate_checkpoint(cfg: RunConfig, step: int, model, sets: Sets, detectors: list[Detector],
-                        run_dir: Path, source: str) -> None:
-    """Sample the synthetic set of one checkpoint and score it with every detector."""
+                        ruler, run_dir: Path, source: str) -> None:
+    """Sample the synthetic set of one checkpoint; score its quality, diversity and copies."""
     out = run_dir / "eval" / f"step_{step:06d}.json"
     if out.exists():
         return
@@ -121,12 +122,15 @@ def evaluate_checkpoint(cfg: RunConfig, step: int, model, sets: Sets, detectors:
     save_atomic(lambda p: np.savez_compressed(p, images=gen.numpy().astype(np.float16)),
                 run_dir / "samples" / f"step_{step:06d}.npz")
     train, holdout = sets.tensors()
+    shared = {"fd": quality.frechet_distance(ruler, gen, holdout),
+              "ms_ssim_gen": quality.ms_ssim_diversity(gen, seed=step),
+              "ms_ssim_real": quality.ms_ssim_diversity(holdout, seed=step)}
     rows = []
     for det in detectors:
         found = score(det, train, holdout, gen, cfg.tau_percentile)
         save_atomic(lambda p: np.savez_compressed(p, **found.arrays()),
                     run_dir / "eval" / f"step_{step:06d}_{det.name}.npz")
-        rows.append({"step": step, "detector": det.name, **found.result.as_dict()})
+        rows.append({"step": step, "detector": det.name, **found.result.as_dict(), **shared})
         name = f"step{step:06d}_{det.name}"
         figures.save(figures.similarity_histogram(
             found.sim_gen_train, found.sim_holdout_train, found.result.tau,

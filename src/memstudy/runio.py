@@ -19,12 +19,18 @@ from typing import Any
 
 RESULTS_ENV = "MEMSTUDY_RESULTS"  # where run folders go; "where" comes from the environment
 DATA_ENV = "MEMSTUDY_DATA"  # where local real data sets live
+CACHE_ENV = "MEMSTUDY_CACHE"  # expensive intermediates shared by runs (keyed by content)
 _PACKAGES = ("memstudy", "torch", "monai", "numpy", "pandas", "scikit-learn", "nibabel", "papermill")
 
 
 def results_root() -> Path:
     """Root folder for run folders: ``$MEMSTUDY_RESULTS`` or ``./results``."""
     return Path(os.environ.get(RESULTS_ENV, "results"))
+
+
+def cache_root() -> Path:
+    """Shared cache: ``$MEMSTUDY_CACHE`` or ``<results root>/_cache``."""
+    return Path(os.environ.get(CACHE_ENV, results_root() / "_cache"))
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:

@@ -1,0 +1,61 @@
+"""Image quality and diversity beside memorization: a model that copies nothing may simply be
+drawing blobs, and one that draws perfect images may be drawing its training set.
+
+- **Fréchet distance on in-domain features** (MONAI ``FIDMetric``) between a synthetic set and
+  held-out real slices. This is *not* Inception-FID: Inception weights cannot be downloaded
+  here, and an ImageNet network is a poor judge of MRI anyway. The features come from one
+  contrastive encoder trained on the *test-split* patients — disjoint from every model's
+  training and holdout data — and cached under a key of everything that defines it, so every
+  cell of a preset is measured with the same ruler.
+- **MS-SSIM diversity** (MONAI ``MultiScaleSSIMMetric``): mean MS-SSIM over random pairs of a
+  set; lower means more diverse. The same number for real held-out slices is the reference.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from monai.metrics import FIDMetric, MultiScaleSSIMMetric
+
+from .cohort import make_cohort, split_patients
+from .config import RunConfig
+from .data import SPLIT_FRACTIONS
+from .detectors import ContrastiveDetector
+from .runio import cache_root
+
+FEATURE_PATIENTS = 64  # test-split patients the feature encoder is trained on
+FEATURE_STEPS = 200
+PAIRS = 256  # random pairs for MS-SSIM diversity
+
+
+def feature_encoder(cfg: RunConfig, device: str, cache_dir: Path | None = None) -> ContrastiveDetector:
+    """The shared in-domain feature network, trained once per (data seed, image size, pool)."""
+    key = f"fd_encoder_seed{cfg.data_seed}_px{cfg.image_size}_spp{cfg.slices_per_patient}_pool{cfg.cohort_patients}_steps{FEATURE_STEPS}"
+    cache = (cache_dir or cache_root()) / f"{key}.pt"
+    split = split_patients(np.arange(cfg.cohort_patients), SPLIT_FRACTIONS, seed=cfg.data_seed)
+    ids = split["test"][:FEATURE_PATIENTS]
+    images = np.concatenate([make_cohort(1, cfg.image_size, cfg.slices_per_patient, seed=cfg.data_seed,
+                                         first_patient=int(p)).images for p in ids])
+    return ContrastiveDetector(dim=64, steps=FEATURE_STEPS, batch_size=32, seed=0, device=device,
+                               cache=cache).fit(torch.from_numpy(images))
+
+
+def frechet_distance(encoder: ContrastiveDetector, gen: torch.Tensor, real: torch.Tensor) -> float:
+    """Fréchet distance between the feature distributions of two image sets."""
+    return float(FIDMetric()(encoder.embed(gen).double(), encoder.embed(real).double()))
+
+
+def ms_ssim_diversity(images: torch.Tensor, seed: int = 0, pairs: int = PAIRS) -> float:
+    """Mean MS-SSIM over random distinct pairs; fewer scales for small images."""
+    n = len(images)
+    if n < 2:
+        return float("nan")
+    scales = 3 if images.shape[-1] < 64 else 4
+    metric = MultiScaleSSIMMetric(spatial_dims=2, data_range=1.0, kernel_size=3,
+                                  weights=(1 / scales,) * scales)
+    g = torch.Generator().manual_seed(seed)
+    i = torch.randint(0, n, (pairs,), generator=g)
+    j = (i + torch.randint(1, n, (pairs,), generator=g)) % n  # never a pair of one image
+    return float(metric(images[i].float(), images[j].float()).mean())
