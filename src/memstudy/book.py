@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .runio import read_json, results_root
+from .runio import RESULTS_ENV, read_json
 
 PRESET_ENV = "MEMSTUDY_BOOK_PRESET"
 
@@ -19,15 +19,32 @@ def preset() -> str:
     return os.environ.get(PRESET_ENV, "quick")
 
 
+def book_root() -> Path:
+    """The folder holding ``_config.yml``: the book runs its pages from ``book/``, so a
+    relative results path must be read from here, not from the working directory."""
+    here = Path.cwd().resolve()
+    for folder in (here, *here.parents):
+        if (folder / "_config.yml").exists():
+            return folder
+    return here
+
+
+def results_dir() -> Path:
+    """``$MEMSTUDY_RESULTS`` (absolute, or relative to the book's root), default ``results``."""
+    path = Path(os.environ.get(RESULTS_ENV, "results"))
+    return path if path.is_absolute() else book_root() / path
+
+
 def preset_dir() -> Path:
-    return results_root() / preset()
+    return results_dir() / preset()
 
 
 def complete_cells(root: Path | None = None) -> list[Path]:
     """Complete run folders of the preset, in the order the grid planned them."""
     root = root or preset_dir()
     plan = root / "grid.json"
-    names = read_json(plan)["cells"] if plan.exists() else sorted(p.name for p in root.iterdir())
+    names = ([c["id"] for c in read_json(plan)["cells"]] if plan.exists()
+             else sorted(p.name for p in root.iterdir() if p.is_dir()))
     cells = [root / n for n in names if (root / n / "metrics.json").exists()]
     if not cells:
         raise FileNotFoundError(
@@ -44,7 +61,7 @@ def figure(path: Path, caption: str = "") -> None:
     if not path.exists():
         raise FileNotFoundError(f"{path} is missing: rerun the cell that should have written it.")
     display(Image(filename=str(path)))
-    where = path.relative_to(results_root()) if path.is_relative_to(results_root()) else path
+    where = path.relative_to(results_dir()) if path.is_relative_to(results_dir()) else path
     display(Markdown(f"*{caption}{' — ' if caption else ''}from `{where}`.*"))
 
 

@@ -29,11 +29,13 @@ import torch
 from . import figures, quality
 from .config import ConfigError, RunConfig
 from .data import Sets, load_sets
-from .detectors import Detector, make_detector, score
+from .detectors import Detector, make_detector, patient_level, score
+from .membership import membership_inference
+from .models import build_train_scheduler
 from .neighbors import pearson_rows
 from .runio import (environment, read_json, read_jsonl, results_root, save_atomic,
                     write_json_atomic)
-from .train import make_training, resolve_device
+from .train import DiffusionTraining, make_training, resolve_device
 
 GALLERY_ROWS = 6
 
@@ -122,6 +124,7 @@ def evaluate_checkpoint(cfg: RunConfig, step: int, model, sets: Sets, detectors:
     save_atomic(lambda p: np.savez_compressed(p, images=gen.numpy().astype(np.float16)),
                 run_dir / "samples" / f"step_{step:06d}.npz")
     train, holdout = sets.tensors()
+    attack = _membership(cfg, model, train, holdout, step)
     shared = {"fd": quality.frechet_distance(ruler, gen, holdout),
               "ms_ssim_gen": quality.ms_ssim_diversity(gen, seed=step),
               "ms_ssim_real": quality.ms_ssim_diversity(holdout, seed=step)}
@@ -130,19 +133,34 @@ def evaluate_checkpoint(cfg: RunConfig, step: int, model, sets: Sets, detectors:
         found = score(det, train, holdout, gen, cfg.tau_percentile)
         save_atomic(lambda p: np.savez_compressed(p, **found.arrays()),
                     run_dir / "eval" / f"step_{step:06d}_{det.name}.npz")
-        rows.append({"step": step, "detector": det.name, **found.result.as_dict(), **shared})
+        patients = patient_level(found.sim_gen_train, found.nn_gen_train, sets.train.patient_id,
+                                 found.sim_holdout_train, sets.holdout.patient_id)
+        rows.append({"step": step, "detector": det.name, **found.result.as_dict(),
+                     **patients.as_dict(), **shared, **attack})
         name = f"step{step:06d}_{det.name}"
         figures.save(figures.similarity_histogram(
-            found.sim_gen_train, found.sim_holdout_train, found.result.tau,
+            found.sim_gen_train, found.sim_holdout_train, found.result.tau, det.similarity,
             f"{det.name} detector, step {step}: {found.result.copy_rate:.0%} copies, "
             f"{found.result.mem_rate:.0%} of training memorized", source),
             run_dir / "figures" / f"hist_{name}.png")
         figures.save(figures.nearest_gallery(
             gen.numpy(), sets.train.images, sets.holdout.images, found.sim_gen_train,
             found.nn_gen_train, found.sim_gen_holdout, found.nn_gen_holdout, found.result.tau,
-            min(GALLERY_ROWS, len(gen)), f"{det.name}, step {step}", source),
+            min(GALLERY_ROWS, len(gen)), f"{det.name}, step {step}", source, det.similarity),
             run_dir / "figures" / f"gallery_{name}.png")
     write_json_atomic(out, rows)
+
+
+def _membership(cfg: RunConfig, model, train: torch.Tensor, holdout: torch.Tensor, step: int) -> dict:
+    """Loss-based membership inference (diffusion families only): train vs holdout denoising
+    losses at fixed timesteps and noise. Returns ``mia_*`` columns, empty for other families."""
+    if not (cfg.membership and isinstance(model, DiffusionTraining)):
+        return {}
+    device = next(model.denoiser().parameters()).device
+    found = membership_inference(model.denoiser(), build_train_scheduler(cfg),
+                                 model.space.encode(train.to(device)),
+                                 model.space.encode(holdout.to(device)), seed=cfg.seed + step)
+    return {f"mia_{k}": v for k, v in found.items()}
 
 
 @torch.no_grad()

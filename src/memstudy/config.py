@@ -17,7 +17,7 @@ from typing import Any, get_type_hints
 AUGMENTATIONS = ("none", "flip_rotate", "strong")
 UNET_PRESETS = ("XS", "S", "M", "L")
 MODELS = ("ldm", "pixel_dm", "autoencoder", "gan")
-DETECTORS = ("contrastive", "pixel")
+DETECTORS = ("contrastive", "pixel", "nn_ratio", "ssim", "external")  # see memstudy.detectors
 DATASETS = ("cohort",)
 
 
@@ -66,10 +66,12 @@ class RunConfig:
     # --- sampling and detection -------------------------------------------------------
     num_gen: int = 16  # synthetic samples drawn at each checkpoint
     ddim_steps: int = 10  # DDIM sampling steps
-    detectors: tuple[str, ...] = ("contrastive", "pixel")  # detectors scored at every checkpoint
+    detectors: tuple[str, ...] = ("contrastive", "pixel")  # scored at every checkpoint; also
+    #                                                         nn_ratio, ssim, external
     encoder_steps: int = 30  # contrastive encoder training steps (on the training set only)
     encoder_dim: int = 128  # contrastive embedding size (Dar et al.: 128 in 2D)
     tau_percentile: float = 95.0  # tau = this percentile of train->holdout max similarity
+    membership: bool = True  # loss-based membership inference at each checkpoint (diffusion)
     device: str = "auto"  # "auto" = CUDA when available, else CPU
 
     # ----------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ def stamp(fig, source: str) -> None:
 
 
 def similarity_histogram(sim_gen_train: np.ndarray, sim_holdout_train: np.ndarray, tau: float,
-                         title: str, source: str):
+                         similarity: str, title: str, source: str):
     """Max similarity to the training set: synthetic samples vs genuinely new (holdout) images.
 
     The mass of the synthetic curve to the right of tau is the copy rate; the holdout curve
@@ -37,14 +37,15 @@ def similarity_histogram(sim_gen_train: np.ndarray, sim_holdout_train: np.ndarra
     plt, sns = _plt()
     fig, ax = plt.subplots(figsize=(5.2, 3.2), dpi=120)
     lo = min(np.min(sim_gen_train), np.min(sim_holdout_train))
-    bins = np.linspace(lo, 1.0, 40)
+    hi = max(np.max(sim_gen_train), np.max(sim_holdout_train), tau)
+    bins = np.linspace(lo, hi + 1e-6, 40)
     sns.histplot(sim_holdout_train, bins=bins, stat="density", color="tab:blue", alpha=0.45,
                  label="holdout → train", ax=ax)
     sns.histplot(sim_gen_train, bins=bins, stat="density", color="tab:red", alpha=0.45,
                  label="synthetic → train", ax=ax)
     ax.axvline(tau, color="black", ls="--", lw=1)
     ax.text(tau, ax.get_ylim()[1] * 0.95, f" τ = {tau:.3f}", va="top", fontsize=8)
-    ax.set_xlabel("similarity to nearest training image (Pearson r)")
+    ax.set_xlabel(f"similarity to nearest training image ({similarity})")
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7, loc="upper left")
     stamp(fig, source)
@@ -54,7 +55,7 @@ def similarity_histogram(sim_gen_train: np.ndarray, sim_holdout_train: np.ndarra
 
 def nearest_gallery(gen: np.ndarray, train: np.ndarray, holdout: np.ndarray, sim_train: np.ndarray,
                     nn_train: np.ndarray, sim_holdout: np.ndarray, nn_holdout: np.ndarray,
-                    tau: float, n: int, title: str, source: str):
+                    tau: float, n: int, title: str, source: str, similarity: str = "Pearson r"):
     """Rows of synthetic | nearest training | nearest holdout, most train-like first."""
     plt, _ = _plt()
     order = np.argsort(-sim_train)[:n]
@@ -71,7 +72,7 @@ def nearest_gallery(gen: np.ndarray, train: np.ndarray, holdout: np.ndarray, sim
                 ax.set_title(label, fontsize=7)
             if sim is not None:
                 flag = " copy" if (col == 1 and sim > tau) else ""
-                ax.set_xlabel(f"r = {sim:.3f}{flag}", fontsize=6,
+                ax.set_xlabel(f"{similarity[:4]} {sim:.3f}{flag}", fontsize=6,
                               color="tab:red" if flag else "black")
     fig.suptitle(title, fontsize=8)
     stamp(fig, source)
