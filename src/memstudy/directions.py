@@ -94,3 +94,17 @@ def direction_table(df: pd.DataFrame, plan: dict, detector: str = "contrastive",
                     "verdict": verdict(values, claim.expect) if len(values) > 1 else "n/a",
                     "change": values[-1] - values[0] if values else np.nan})
     return pd.DataFrame(out)
+
+
+METRICS = {"mem_rate": "memorized training slices (N_mem / N_train)",
+           "copy_rate": "copies among synthetic slices (N_copies / N_gen)"}
+
+
+def verdicts(df: pd.DataFrame, plan: dict, detectors=("pixel", "contrastive")) -> pd.DataFrame:
+    """Every claim under every (detector, metric): the long table the book's pages pivot."""
+    parts = []
+    for det in detectors:
+        for metric in METRICS:
+            t = direction_table(df, plan, detector=det, metric=metric)
+            parts.append(t.assign(detector=det, metric=metric))
+    return pd.concat(parts, ignore_index=True)
