@@ -125,12 +125,17 @@ class RunConfig:
                 f"dataset_size {self.dataset_size} must be a multiple of slices_per_patient "
                 f"{self.slices_per_patient}, because training sets are whole patients."
             )
-        needed = (self.dataset_size + self.holdout_size) // self.slices_per_patient + 2
-        if needed > self.cohort_patients * 0.8:
+        # Training and holdout patients come from the 60 % and 20 % shares of the pool
+        # (data.SPLIT_FRACTIONS): ask for no more patients than those shares hold.
+        n_train = self.dataset_size // self.slices_per_patient
+        n_holdout = -(-self.holdout_size // self.slices_per_patient)
+        pool_needed = max(n_train / 0.6, n_holdout / 0.2)
+        if pool_needed > self.cohort_patients:
             raise ConfigError(
                 f"cohort_patients={self.cohort_patients} is too small for dataset_size="
-                f"{self.dataset_size} + holdout_size={self.holdout_size}: raise it to at least "
-                f"{int(needed / 0.8) + 1}."
+                f"{self.dataset_size} and holdout_size={self.holdout_size} ({n_train} training and "
+                f"{n_holdout} holdout patients from 60 % / 20 % splits): raise it to at least "
+                f"{int(pool_needed) + 1}."
             )
         bad = [c for c in self.checkpoints if not 0 < c <= self.train_steps]
         if bad:

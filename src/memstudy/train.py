@@ -20,7 +20,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from .augment import BatchAugment
-from .config import RunConfig
+from .config import ConfigError, RunConfig
 from .models import (build_autoencoder, build_discriminator, build_gan, build_sample_scheduler,
                      build_train_scheduler, build_unet)
 from .runio import append_jsonl, save_atomic
@@ -32,7 +32,7 @@ def resolve_device(name: str) -> str:
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device={name!r} was asked for but CUDA is not available: use 'cpu' or 'auto'.")
+        raise ConfigError(f"device={name!r} was asked for but CUDA is not available: use 'cpu' or 'auto'.")
     return name
 
 

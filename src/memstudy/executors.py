@@ -1,0 +1,228 @@
+"""Where grid cells run: in this process, in a local process pool, or as Slurm array jobs.
+
+Every executor runs the same task, :func:`run_cell_job`: execute the ablation notebook with
+papermill for one cell, writing the executed notebook into the cell's run folder. The task
+never raises for a failing cell; it records the failure in ``<run_dir>/error.json`` and the
+grid goes on. Executors only decide where tasks run and which environment their kernel gets
+(papermill kernels inherit the environment of the process that starts them):
+
+``sequential``
+    One cell after another in this process.
+``local``
+    A pool of ``jobs`` worker processes, one cell per worker at a time. With GPUs each worker
+    sees one GPU (``CUDA_VISIBLE_DEVICES`` round-robin); on CPU each gets cores // jobs threads.
+``slurm``
+    One Slurm array task per cell, through submitit; a timed-out or preempted task is
+    requeued and resumes from the cell's last checkpoint.
+``submitit-local``
+    The same submitit code path on this machine (all cells at once); the tests use it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import sys
+import traceback
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import submitit
+
+from .cell import is_complete
+from .config import ConfigError
+from .runio import write_json_atomic
+
+EXECUTORS = ("sequential", "local", "slurm", "submitit-local")
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # colour codes in IPython tracebacks
+
+
+@dataclass(frozen=True)
+class CellJob:
+    """Everything a worker needs to run one cell (picklable, for process pools and Slurm)."""
+
+    cell_id: str
+    params: dict[str, Any]  # flat notebook parameters, tuples as "a,b,c"
+    run_dir: str  # absolute, so the kernel's working directory does not matter
+    notebook: str
+    env: dict[str, str] = field(default_factory=dict)  # set before the kernel starts
+
+
+@dataclass(frozen=True)
+class CellOutcome:
+    cell_id: str
+    status: str  # "complete" | "skipped" | "failed"
+    error: str = ""  # first line of the error, for failed cells
+
+
+@dataclass(frozen=True)
+class SlurmOptions:
+    """Resources of one array task (one cell); ``partition``/``account`` None = cluster default."""
+
+    partition: str | None = None
+    account: str | None = None
+    time_min: int = 240
+    cpus_per_task: int = 8
+    mem_gb: int = 32
+    gpus_per_node: int = 1
+
+
+def notebook_path() -> Path:
+    """The ablation notebook of the repository this package is installed (editable) from."""
+    path = Path(__file__).resolve().parents[2] / "notebooks" / "ablation.ipynb"
+    if not path.is_file():
+        raise ConfigError(f"the ablation notebook is not at {path}: the grid runner needs memstudy "
+                          "installed editable from a clone of the repository (pip install -e .).")
+    return path
+
+
+# ----------------------------------------------------------------------------------------
+# The task
+
+
+def run_cell_job(job: CellJob) -> CellOutcome:
+    """Run one cell through the notebook; a failure is written to error.json, not raised."""
+    import papermill  # heavy; only workers need it
+
+    run_dir = Path(job.run_dir)
+    if is_complete(run_dir):
+        return CellOutcome(job.cell_id, "skipped")
+    os.environ.update(job.env)
+    run_dir.mkdir(parents=True, exist_ok=True)  # papermill writes notebook.ipynb into it
+    try:
+        papermill.execute_notebook(job.notebook, str(run_dir / "notebook.ipynb"),
+                                   parameters={**job.params, "run_dir": str(run_dir)},
+                                   progress_bar=False)
+        if not is_complete(run_dir):
+            raise RuntimeError("the notebook ran to the end but wrote no metrics.json")
+    except Exception as err:
+        return record_failure(job, err)
+    (run_dir / "error.json").unlink(missing_ok=True)  # a retry succeeded: the old error is stale
+    return CellOutcome(job.cell_id, "complete")
+
+
+def record_failure(job: CellJob, err: BaseException) -> CellOutcome:
+    """Write ``error.json`` (type, message, traceback, time) and return the failed outcome."""
+    from papermill.exceptions import PapermillExecutionError
+
+    if isinstance(err, PapermillExecutionError):
+        # The exception happened in the kernel: its own traceback is the useful one.
+        kind, message = err.ename, err.evalue
+        trace = _ANSI.sub("", "\n".join(err.traceback))
+    else:
+        kind, message = type(err).__name__, str(err)
+        trace = "".join(traceback.format_exception(err))
+    write_json_atomic(Path(job.run_dir) / "error.json", {
+        "cell": job.cell_id, "error_type": kind, "message": message, "traceback": trace,
+        "notebook": "notebook.ipynb", "notebook_cell": getattr(err, "exec_count", None),
+        "host": socket.gethostname(),
+        "time": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+    first = message.strip().splitlines()[0] if message.strip() else ""
+    return CellOutcome(job.cell_id, "failed", f"{kind}: {first}")
+
+
+class ResumableCellTask(submitit.helpers.Checkpointable):
+    """The Slurm task: on timeout or preemption submitit requeues it, and run_cell resumes."""
+
+    def __call__(self, job: CellJob) -> CellOutcome:
+        return run_cell_job(job)
+
+
+# ----------------------------------------------------------------------------------------
+# Executors
+
+
+def run_jobs(executor: str, jobs: list[CellJob], n: int | None, slurm: SlurmOptions | None,
+             grid_dir: Path) -> Iterator[CellOutcome]:
+    """Run ``jobs`` on ``executor`` with at most ``n`` at once; yield outcomes as they finish."""
+    if not jobs:
+        return iter(())
+    if executor == "sequential":
+        return (run_cell_job(job) for job in jobs)
+    if executor == "local":
+        return _local_pool(jobs, n or max(1, len(visible_gpus())))
+    cluster = "slurm" if executor == "slurm" else "local"
+    return _submitit(jobs, n, slurm or SlurmOptions(), grid_dir / ".submitit", cluster)
+
+
+def visible_gpus() -> list[str]:
+    """GPU ids this process may use: ``CUDA_VISIBLE_DEVICES`` if set, else all CUDA devices."""
+    if "CUDA_VISIBLE_DEVICES" in os.environ:
+        return [d.strip() for d in os.environ["CUDA_VISIBLE_DEVICES"].split(",") if d.strip()]
+    import torch
+
+    return [str(i) for i in range(torch.cuda.device_count())]
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _threads_env(threads: int) -> dict[str, str]:
+    return {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+
+
+def worker_env(slot: int, n: int, gpus: list[str], cores: int) -> dict[str, str]:
+    """Environment of worker ``slot`` of ``n``: one GPU round-robin, else cores // n threads."""
+    if gpus:
+        return {"CUDA_VISIBLE_DEVICES": gpus[slot % len(gpus)]}
+    return _threads_env(max(1, cores // n))
+
+
+def _local_pool(jobs: list[CellJob], n: int) -> Iterator[CellOutcome]:
+    """``n`` worker processes; each in-flight cell holds a slot that fixes its GPU or threads."""
+    gpus, cores = visible_gpus(), _cores()
+    queue, free = deque(jobs), list(range(n))
+    # spawn, not fork: the parent has imported torch, whose threads do not survive a fork.
+    with ProcessPoolExecutor(n, mp_context=get_context("spawn")) as pool:
+        running = {}
+        while queue or running:
+            while queue and free:
+                slot, job = free.pop(0), queue.popleft()
+                env = worker_env(slot, n, gpus, cores)
+                running[pool.submit(run_cell_job, replace(job, env=env))] = (slot, job)
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                slot, job = running.pop(future)
+                free.append(slot)
+                try:
+                    yield future.result()
+                except Exception as err:  # the worker process itself died
+                    yield record_failure(job, err)
+
+
+def _submitit(jobs: list[CellJob], n: int | None, opts: SlurmOptions, folder: Path,
+              cluster: str) -> Iterator[CellOutcome]:
+    """One submitit job per cell (a Slurm job array); wait for all and yield their outcomes."""
+    if cluster == "slurm":
+        gpus, threads = opts.gpus_per_node, opts.cpus_per_task
+    else:  # submitit's local cluster runs every job at once
+        gpus, threads = min(opts.gpus_per_node, len(visible_gpus())), max(1, _cores() // len(jobs))
+    try:
+        executor = submitit.AutoExecutor(folder=folder, cluster=cluster)
+    except RuntimeError as err:  # submitit found no srun: not a Slurm machine
+        raise ConfigError(f"cannot submit to Slurm from here ({err}): run on the cluster's login "
+                          "node, or use --executor local.") from None
+    executor.update_parameters(
+        name=f"memstudy-{folder.parent.name}", timeout_min=opts.time_min, gpus_per_node=gpus,
+        cpus_per_task=opts.cpus_per_task, mem_gb=opts.mem_gb, slurm_partition=opts.partition,
+        slurm_account=opts.account, slurm_array_parallelism=n or len(jobs))
+    jobs = [replace(job, env=_threads_env(threads)) for job in jobs]
+    submitted = executor.map_array(ResumableCellTask(), jobs)
+    by_id = {s.job_id: job for s, job in zip(submitted, jobs)}
+    array_id = submitted[0].job_id.split("_")[0]
+    print(f"submitted {len(submitted)} {cluster} job(s) (first id {submitted[0].job_id}); logs in "
+          f"{folder}. Ctrl-C stops waiting, not the jobs (Slurm: scancel {array_id}).",
+          file=sys.stderr)
+    for done in submitit.helpers.as_completed(submitted, poll_frequency=1 if cluster == "local" else 30):
+        try:
+            yield done.result()
+        except Exception as err:  # the job itself failed (killed, out of time after requeues)
+            yield record_failure(by_id[done.job_id], err)
