@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from . import figures, quality
+from .cohort import plot_cohort
 from .config import ConfigError, RunConfig
 from .data import Sets, load_sets
 from .detectors import Detector, make_detector, patient_level, score
@@ -35,7 +36,7 @@ from .models import build_train_scheduler
 from .neighbors import pearson_rows
 from .runio import (environment, read_json, read_jsonl, results_root, save_atomic,
                     write_json_atomic)
-from .train import DiffusionTraining, make_training, resolve_device
+from .train import Autoencoder, DiffusionTraining, make_training, resolve_device
 
 GALLERY_ROWS = 6
 
@@ -84,14 +85,12 @@ def run_cell(cfg: RunConfig, run_dir: str | Path | None = None, progress: bool =
         "holdout_used": np.unique(sets.holdout.patient_id).tolist()})
     train, holdout = sets.tensors()
     source = f"run {run_dir.name}"
-    from .cohort import plot_cohort
-
     figures.save(plot_cohort(sets.train, n_patients=min(4, len(sets.train) // cfg.slices_per_patient)),
                  run_dir / "figures" / "train_examples.png")
 
     training = make_training(cfg, train, device, run_dir, progress)
-    ae = getattr(training, "space", getattr(training, "ae", None))
-    recon_r = _recon_pearson(ae, holdout, device) if hasattr(ae, "model") else None
+    space = getattr(training, "space", None)  # the autoencoder, for the families that have one
+    recon_r = _recon_pearson(space, holdout, device) if isinstance(space, Autoencoder) else None
     ruler = quality.feature_encoder(cfg, device)
     detectors = [make_detector(name, dim=cfg.encoder_dim, steps=cfg.encoder_steps, seed=cfg.seed,
                                device=device, cache_dir=run_dir).fit(train)
@@ -143,6 +142,8 @@ def evaluate_checkpoint(cfg: RunConfig, step: int, model, sets: Sets, detectors:
             f"{det.name} detector, step {step}: {found.result.copy_rate:.0%} copies, "
             f"{found.result.mem_rate:.0%} of training memorized", source),
             run_dir / "figures" / f"hist_{name}.png")
+        if step != max(cfg.eval_steps):  # galleries are read at the last checkpoint only
+            continue
         figures.save(figures.nearest_gallery(
             gen.numpy(), sets.train.images, sets.holdout.images, found.sim_gen_train,
             found.nn_gen_train, found.sim_gen_holdout, found.nn_gen_holdout, found.result.tau,

@@ -340,7 +340,7 @@ class AutoencoderPrior:
     """
 
     def __init__(self, cfg: RunConfig, ae: Autoencoder, train: torch.Tensor, device: str):
-        self.cfg, self.ae, self.device = cfg, ae, device
+        self.cfg, self.space, self.device = cfg, ae, device
         z = ae.encode(train.to(device))
         self.mean, self.std = z.mean(0), z.std(0)
 
@@ -351,7 +351,7 @@ class AutoencoderPrior:
     def sample(self, n: int, seed: int) -> torch.Tensor:
         eps = torch.randn((n, *self.mean.shape), generator=torch.Generator().manual_seed(seed))
         z = self.mean + self.std * eps.to(self.device)
-        return self.ae.decode(z).float().clamp(0, 1).cpu()
+        return self.space.decode(z).float().clamp(0, 1).cpu()
 
 
 def make_training(cfg: RunConfig, train: torch.Tensor, device: str, run_dir: Path,
