@@ -176,10 +176,32 @@ def worker_env(slot: int, n: int, gpus: list[str], cores: int) -> dict[str, str]
     return _threads_env(max(1, cores // n))
 
 
+# Rough relative cost of a cell, used only to order the local pool's queue: pixel-space UNets
+# work on 16x more positions than 8x8 latents, bigger presets cost more per step, and small
+# training sets cap the batch. Only the order matters, not the numbers.
+_MODEL_COST = {"ldm": 1.0, "pixel_dm": 3.5, "gan": 0.8, "autoencoder": 0.0}
+_PRESET_COST = {"XS": 0.5, "S": 1.0, "M": 1.7, "L": 5.0}
+
+
+def relative_cost(params: dict[str, Any]) -> float:
+    """Estimated cost of a cell from its parameters (RunConfig defaults where absent)."""
+    from .config import RunConfig
+
+    cfg = RunConfig.from_params(params)
+    batch = min(cfg.batch_size, cfg.dataset_size)
+    steps = cfg.train_steps * _MODEL_COST.get(cfg.model, 1.0) * _PRESET_COST[cfg.unet_preset]
+    return steps * (0.5 + batch / 16) + 0.3 * cfg.ae_steps
+
+
 def _local_pool(jobs: list[CellJob], n: int) -> Iterator[CellOutcome]:
-    """``n`` worker processes; each in-flight cell holds a slot that fixes its GPU or threads."""
+    """``n`` worker processes; each in-flight cell holds a slot that fixes its GPU or threads.
+
+    The most expensive cells start first (longest-processing-time-first), so that no long cell
+    is left running alone at the end while the other workers idle.
+    """
     gpus, cores = visible_gpus(), _cores()
-    queue, free = deque(jobs), list(range(n))
+    queue = deque(sorted(jobs, key=lambda job: relative_cost(job.params), reverse=True))
+    free = list(range(n))
     # spawn, not fork: the parent has imported torch, whose threads do not survive a fork.
     with ProcessPoolExecutor(n, mp_context=get_context("spawn")) as pool:
         running = {}

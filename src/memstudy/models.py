@@ -26,8 +26,15 @@ UNET_PRESETS: dict[str, dict] = {
     "L": dict(channels=(128, 256, 256), attention_levels=(False, True, True), num_res_blocks=2),
 }
 
-# The noise schedule of MONAI's latent diffusion tutorials (scaled-linear betas).
-SCHEDULE = dict(schedule="scaled_linear_beta", beta_start=0.0015, beta_end=0.0195)
+# Noise schedules: latent models use the scaled-linear betas of MONAI's latent diffusion
+# tutorials; pixel-space models the linear betas of DDPM (Ho et al.; MONAI's default). The
+# latent schedule leaves visible noise in pixel-space samples.
+LATENT_SCHEDULE = dict(schedule="scaled_linear_beta", beta_start=0.0015, beta_end=0.0195)
+PIXEL_SCHEDULE = dict(schedule="linear_beta", beta_start=1e-4, beta_end=0.02)
+
+
+def noise_schedule(cfg: RunConfig) -> dict:
+    return PIXEL_SCHEDULE if cfg.model == "pixel_dm" else LATENT_SCHEDULE
 
 
 def build_autoencoder(cfg: RunConfig) -> AutoencoderKL:
@@ -59,12 +66,13 @@ def build_unet(cfg: RunConfig, channels: int | None = None) -> DiffusionModelUNe
 
 
 def build_train_scheduler(cfg: RunConfig) -> DDPMScheduler:
-    return DDPMScheduler(num_train_timesteps=cfg.num_train_timesteps, **SCHEDULE)
+    return DDPMScheduler(num_train_timesteps=cfg.num_train_timesteps, **noise_schedule(cfg))
 
 
-def build_sample_scheduler(cfg: RunConfig, clip: bool = False) -> DDIMScheduler:
-    # clip=False for latents, which are not confined to [-1, 1] as pixels are.
-    sched = DDIMScheduler(num_train_timesteps=cfg.num_train_timesteps, clip_sample=clip, **SCHEDULE)
+def build_sample_scheduler(cfg: RunConfig) -> DDIMScheduler:
+    # Clip predictions to [-1, 1] only in pixel space: latents have no fixed range.
+    sched = DDIMScheduler(num_train_timesteps=cfg.num_train_timesteps,
+                          clip_sample=cfg.model == "pixel_dm", **noise_schedule(cfg))
     sched.set_timesteps(cfg.ddim_steps)
     return sched
 

@@ -271,7 +271,7 @@ class DiffusionTraining(CheckpointedTraining):
     @torch.no_grad()
     def sample(self, n: int, seed: int, batch_size: int = 256) -> torch.Tensor:
         cfg, unet = self.cfg, self.denoiser().eval()
-        scheduler = build_sample_scheduler(cfg, clip=isinstance(self.space, PixelSpace))
+        scheduler = build_sample_scheduler(cfg)
         inferer = DiffusionInferer(scheduler)
         size = cfg.image_size // self.space.downsample
         gen, out = torch.Generator().manual_seed(seed), []
