@@ -75,3 +75,10 @@ def test_every_model_family_runs_a_cell(model, tmp_path):
     assert {r["step"] for r in metrics["rows"]} == set(cfg.eval_steps)
     images = np.load(tmp_path / f"samples/step_{max(cfg.eval_steps):06d}.npz")["images"]
     assert images.shape == (cfg.num_gen, 1, 32, 32) and 0 <= images.min() and images.max() <= 1
+
+
+@pytest.mark.parametrize("changes", [{"ema_decay": 0.99}, {"adversarial_weight": 0.1}])
+def test_optional_training_features_run(changes, tmp_path):
+    """EMA weights sample the model; the PatchDiscriminator joins stage 1."""
+    metrics = cell.run_cell(CFG.replace(**changes), tmp_path, progress=False)
+    assert len(metrics["rows"]) == 4 and metrics["autoencoder_recon_pearson_holdout"] > 0
