@@ -18,7 +18,7 @@ AUGMENTATIONS = ("none", "flip_rotate", "strong")
 UNET_PRESETS = ("XS", "S", "M", "L")
 MODELS = ("ldm", "pixel_dm", "autoencoder", "gan")
 DETECTORS = ("contrastive", "pixel", "nn_ratio", "ssim", "external")  # see memstudy.detectors
-DATASETS = ("cohort",)
+DATASETS = ("cohort", "medmnist:<flag>")  # medmnist reads $MEMSTUDY_DATA/<flag>.npz
 
 
 class ConfigError(ValueError):
@@ -34,7 +34,8 @@ class RunConfig:
     """
 
     # --- data -------------------------------------------------------------------------
-    dataset: str = "cohort"  # "cohort" = the embedded generated cohort
+    dataset: str = "cohort"  # "cohort" (embedded, generated) or "medmnist:<flag>", e.g.
+    #                          "medmnist:organamnist_64" = $MEMSTUDY_DATA/organamnist_64.npz
     image_size: int = 32  # square slice size in pixels (32, 64 or 128 for the cohort)
     dataset_size: int = 8  # number of training slices the generative model sees
     slices_per_patient: int = 4  # neighbouring axial slices taken from each patient volume
@@ -100,7 +101,9 @@ class RunConfig:
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` on the first value that cannot work, saying what to do."""
-        _choice("dataset", self.dataset, DATASETS)
+        if self.dataset != "cohort" and not (self.dataset.startswith("medmnist:") and self.dataset[9:]):
+            raise ConfigError(f"dataset={self.dataset!r} is not 'cohort' or 'medmnist:<flag>' "
+                              "(e.g. 'medmnist:organamnist_64' for $MEMSTUDY_DATA/organamnist_64.npz).")
         _choice("model", self.model, MODELS)
         _choice("augmentation", self.augmentation, AUGMENTATIONS)
         _choice("unet_preset", self.unet_preset, UNET_PRESETS)
