@@ -102,7 +102,7 @@ class RunConfig:
     def validate(self) -> None:
         """Raise :class:`ConfigError` on the first value that cannot work, saying what to do."""
         if self.dataset != "cohort" and not (self.dataset.startswith("medmnist:") and self.dataset[9:]):
-            raise ConfigError(f"dataset={self.dataset!r} is not 'cohort' or 'medmnist:<flag>' "
+            raise ConfigError(f"dataset={self.dataset!r} is not one of {', '.join(DATASETS)} "
                               "(e.g. 'medmnist:organamnist_64' for $MEMSTUDY_DATA/organamnist_64.npz).")
         _choice("model", self.model, MODELS)
         _choice("augmentation", self.augmentation, AUGMENTATIONS)

@@ -86,9 +86,15 @@ def _medmnist_sets(cfg: RunConfig) -> Sets:
         train = _medmnist_images(npz["train_images"], cfg, rng, cfg.dataset_size, path)
         holdout = _medmnist_images(npz["val_images"], cfg, rng, cfg.holdout_size, path)
     ids = {"train": np.arange(len(train)), "holdout": np.arange(len(holdout)) + 10**9}
-    as_cohort = lambda x, pid: Cohort(x, pid, np.zeros(len(x), np.int64), np.zeros(len(x), bool))
-    return Sets(train=as_cohort(train, ids["train"]), holdout=as_cohort(holdout, ids["holdout"]),
+    return Sets(train=_one_slice_patients(train, ids["train"]),
+                holdout=_one_slice_patients(holdout, ids["holdout"]),
                 split={**ids, "test": np.array([], np.int64)})
+
+
+def _one_slice_patients(images: np.ndarray, patient_id: np.ndarray) -> Cohort:
+    """Images without patient ids, each its own patient with one slice and no lesion label."""
+    n = len(images)
+    return Cohort(images, patient_id, np.zeros(n, np.int64), np.zeros(n, bool))
 
 
 def _medmnist_images(images: np.ndarray, cfg: RunConfig, rng, n: int, path: Path) -> np.ndarray:
