@@ -4,9 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from memstudy.cohort import make_cohort
 from memstudy.config import RunConfig
-from memstudy.data import load_sets
+from memstudy.data import load_sets, patient_slices
 from memstudy.detectors import ContrastiveDetector, PixelDetector, nt_xent, score
 
 CFG = RunConfig(image_size=32, dataset_size=32, holdout_size=64)
@@ -25,8 +24,7 @@ def planted():
     exact = train[:16].clone()
     near = 0.9 * train[16:32] + 0.05 + 0.02 * torch.randn(train[16:32].shape, generator=g)
     test_ids = sets.split["test"][:16]
-    novel = np.concatenate([make_cohort(1, 32, 4, seed=CFG.data_seed, first_patient=int(p)).images
-                            for p in test_ids])
+    novel = patient_slices(test_ids, CFG).images
     gen = torch.cat([exact, near, torch.from_numpy(novel)])
     return train, holdout, gen
 

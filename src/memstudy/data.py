@@ -34,7 +34,13 @@ class Sets:
         return torch.from_numpy(self.train.images), torch.from_numpy(self.holdout.images)
 
 
-def _patients(ids: np.ndarray, cfg: RunConfig) -> Cohort:
+def patient_split(cfg: RunConfig) -> dict[str, np.ndarray]:
+    """The train / holdout / test split of the generated patient pool of ``cfg``."""
+    return split_patients(np.arange(cfg.cohort_patients), SPLIT_FRACTIONS, seed=cfg.data_seed)
+
+
+def patient_slices(ids: np.ndarray, cfg: RunConfig) -> Cohort:
+    """The slices of the given generated patients, in the order of ``ids``."""
     parts = [make_cohort(1, cfg.image_size, cfg.slices_per_patient, seed=cfg.data_seed,
                          first_patient=int(p)) for p in ids]
     return Cohort(*(np.concatenate([getattr(c, f) for c in parts])
@@ -50,14 +56,14 @@ def load_sets(cfg: RunConfig) -> Sets:
 
 def _cohort_sets(cfg: RunConfig) -> Sets:
     """Split the generated patient pool and build the training and holdout slices of ``cfg``."""
-    split = split_patients(np.arange(cfg.cohort_patients), SPLIT_FRACTIONS, seed=cfg.data_seed)
+    split = patient_split(cfg)
     order = np.random.default_rng(cfg.data_seed).permutation
     n_train = cfg.dataset_size // cfg.slices_per_patient
     n_holdout = -(-cfg.holdout_size // cfg.slices_per_patient)  # ceil: enough whole patients
     train_ids = order(split["train"])[:n_train]
     holdout_ids = order(split["holdout"])[:n_holdout]
-    holdout = _patients(holdout_ids, cfg)
-    return Sets(train=_patients(train_ids, cfg), holdout=holdout.subset(np.arange(cfg.holdout_size)),
+    holdout = patient_slices(holdout_ids, cfg)
+    return Sets(train=patient_slices(train_ids, cfg), holdout=holdout.subset(np.arange(cfg.holdout_size)),
                 split=split)
 
 

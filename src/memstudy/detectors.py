@@ -361,12 +361,15 @@ class ContrastiveDetector(Detector):
         self.device, self.cache = device, cache
         self.losses: list[float] = []
 
-    def fit(self, train: torch.Tensor) -> "ContrastiveDetector":
+    def fit(self, train: torch.Tensor | None) -> "ContrastiveDetector":
+        """Train on ``train``, or load the cached weights; ``train`` may be None only then."""
         torch.manual_seed(self.seed)
         self.encoder = SmallEncoder(self.dim).to(self.device)
         if self.cache is not None and self.cache.exists():
             self.encoder.load_state_dict(torch.load(self.cache, map_location=self.device))
             return self
+        if train is None:
+            raise ValueError(f"no cached encoder at {self.cache}: pass the training images")
         gen = torch.Generator().manual_seed(self.seed)
         view = BatchAugment(CONTRASTIVE_VIEW, gen)
         opt = torch.optim.Adam(self.encoder.parameters(), lr=self.lr)

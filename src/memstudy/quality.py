@@ -15,13 +15,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import torch
 from monai.metrics import FIDMetric, MultiScaleSSIMMetric
 
-from .cohort import make_cohort, split_patients
 from .config import RunConfig
-from .data import SPLIT_FRACTIONS
+from .data import patient_slices, patient_split
 from .detectors import ContrastiveDetector
 from .runio import cache_root
 
@@ -34,12 +32,12 @@ def feature_encoder(cfg: RunConfig, device: str, cache_dir: Path | None = None) 
     """The shared in-domain feature network, trained once per (data seed, image size, pool)."""
     key = f"fd_encoder_seed{cfg.data_seed}_px{cfg.image_size}_spp{cfg.slices_per_patient}_pool{cfg.cohort_patients}_steps{FEATURE_STEPS}"
     cache = (cache_dir or cache_root()) / f"{key}.pt"
-    split = split_patients(np.arange(cfg.cohort_patients), SPLIT_FRACTIONS, seed=cfg.data_seed)
-    ids = split["test"][:FEATURE_PATIENTS]
-    images = np.concatenate([make_cohort(1, cfg.image_size, cfg.slices_per_patient, seed=cfg.data_seed,
-                                         first_patient=int(p)).images for p in ids])
-    return ContrastiveDetector(dim=64, steps=FEATURE_STEPS, batch_size=32, seed=0, device=device,
-                               cache=cache).fit(torch.from_numpy(images))
+    encoder = ContrastiveDetector(dim=64, steps=FEATURE_STEPS, batch_size=32, seed=0, device=device,
+                                  cache=cache)
+    if cache.exists():  # trained by an earlier cell: its training slices are not needed
+        return encoder.fit(None)
+    ids = patient_split(cfg)["test"][:FEATURE_PATIENTS]
+    return encoder.fit(torch.from_numpy(patient_slices(ids, cfg).images))
 
 
 def frechet_distance(encoder: ContrastiveDetector, gen: torch.Tensor, real: torch.Tensor) -> float:
