@@ -10,8 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
-from memstudy.benchmark import (CHANGES, KINDS, NOVEL, PATIENT, build_sets, detector_metrics,
-                                main, run_benchmark)
+from memstudy.validation.planted import (CHANGES, KINDS, NOVEL, PATIENT, build_sets, detector_metrics, main, run_benchmark)
 
 SMALL = dict(image_size=32, n_train=16, n_holdout=16, n_per_change=8, n_novel=16, seed=3)
 
@@ -121,6 +120,6 @@ def test_command_line_help_and_errors(tmp_path, capsys):
 
 
 def test_module_entry_point_runs():
-    done = subprocess.run([sys.executable, "-m", "memstudy.benchmark", "--help"],
+    done = subprocess.run([sys.executable, "-m", "memstudy.validation.planted", "--help"],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and "--encoder-steps" in done.stdout

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from memstudy.benchmark import run_benchmark
-from memstudy.grid import run_grid
-from memstudy.report import write_report
+from memstudy.validation.planted import run_benchmark
+from memstudy.pipeline.runner import run_grid
+from memstudy.analysis.report import write_report
 
 ROOT = Path(__file__).resolve().parents[1]
 

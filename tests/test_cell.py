@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-import memstudy.cell as cell
+import memstudy.pipeline.cell as cell
 from memstudy.config import ConfigError, RunConfig
 
 CFG = RunConfig(train_steps=20, checkpoints=(10,), ae_steps=10, encoder_steps=10, ddim_steps=5)

@@ -1,4 +1,4 @@
-"""Tests of the generated cohort (memstudy.cohort)."""
+"""Tests of the generated cohort (memstudy.data.cohort)."""
 
 import json
 import time
@@ -6,17 +6,11 @@ import time
 import numpy as np
 import pytest
 
-from memstudy.cohort import (
-    Cohort,
-    make_cohort,
-    make_volume,
-    plot_cohort,
-    read_split,
-    slice_positions,
-    split_patients,
-    write_nifti,
-    write_split,
-)
+from memstudy.data.cohort import Cohort, make_cohort, make_volume, slice_positions, write_nifti
+
+from memstudy.data.splits import read_split, split_patients, write_split
+
+from memstudy.viz.cohort import plot_cohort
 
 
 def _pearson(a, b):
@@ -100,12 +94,12 @@ def test_bad_arguments_are_rejected():
 
 def test_split_is_disjoint_covers_all_and_round_trips(tmp_path):
     ids = np.repeat(np.arange(100, 150), 4)  # one id per slice
-    split = split_patients(ids, fractions=(0.6, 0.2, 0.2), seed=3)
-    assert set(split) == {"train", "holdout", "test"}
-    parts = [set(split[name].tolist()) for name in ("train", "holdout", "test")]
+    split = split_patients(ids, fractions=(0.6, 0.2, 0.1, 0.1), seed=3)
+    assert set(split) == {"train", "holdout", "test", "reference"}
+    parts = [set(split[name].tolist()) for name in split]
     assert sum(len(p) for p in parts) == len(set.union(*parts))  # pairwise disjoint
     assert set.union(*parts) == set(range(100, 150))
-    assert [len(p) for p in parts] == [30, 10, 10]
+    assert [len(p) for p in parts] == [30, 10, 5, 5]
     for name in split:
         assert split[name].dtype == np.int64
         assert np.all(np.diff(split[name]) > 0)  # sorted, unique
@@ -113,7 +107,7 @@ def test_split_is_disjoint_covers_all_and_round_trips(tmp_path):
     path = tmp_path / "split.json"
     write_split(split, path)
     assert list(tmp_path.iterdir()) == [path]  # no temporary file left behind
-    assert set(json.loads(path.read_text())) == {"train", "holdout", "test"}
+    assert set(json.loads(path.read_text())) == {"train", "holdout", "test", "reference"}
     back = read_split(path)
     for name in split:
         np.testing.assert_array_equal(back[name], split[name])
@@ -130,10 +124,10 @@ def test_split_depends_on_seed_only():
 @pytest.mark.parametrize(
     "ids, fractions",
     [
-        (np.arange(10), (0.5, 0.2, 0.2)),  # sums to 0.9
-        (np.arange(10), (0.5, 0.5)),  # not three shares
-        (np.arange(10), (1.0, 0.0, 0.0)),  # empty holdout and test
-        (np.arange(2), (0.6, 0.2, 0.2)),  # too few patients for three splits
+        (np.arange(10), (0.5, 0.2, 0.1, 0.1)),  # sums to 0.9
+        (np.arange(10), (0.5, 0.5)),  # not one share per split
+        (np.arange(10), (1.0, 0.0, 0.0, 0.0)),  # empty holdout, test and reference
+        (np.arange(3), (0.5, 0.2, 0.15, 0.15)),  # too few patients for four splits
     ],
 )
 def test_split_rejects_bad_fractions(ids, fractions):

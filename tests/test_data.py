@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from memstudy.cell import run_cell
+from memstudy.pipeline.cell import run_cell
 from memstudy.config import ConfigError, RunConfig
-from memstudy.data import load_sets
+from memstudy.data.sets import load_sets
 
 
 @pytest.fixture

@@ -5,8 +5,10 @@ import pytest
 import torch
 
 from memstudy.config import RunConfig
-from memstudy.data import load_sets, patient_slices
-from memstudy.detectors import ContrastiveDetector, PixelDetector, nt_xent, score
+from memstudy.data.sets import load_sets, patient_slices
+from memstudy.detect.contrastive import ContrastiveDetector, nt_xent
+from memstudy.detect.pixel import PixelDetector
+from memstudy.metrics.scoring import score
 
 CFG = RunConfig(image_size=32, dataset_size=32, holdout_size=64)
 

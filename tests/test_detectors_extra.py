@@ -8,10 +8,15 @@ import pytest
 import torch
 from monai.metrics.regression import compute_ssim_and_cs
 
-from memstudy.cohort import make_cohort
-from memstudy.detectors import (ALL_DETECTORS, EXTERNAL_ENV, Detector, ExternalDetector,
-                                NNRatioDetector, PixelDetector, SSIMDetector, make_detector,
-                                nn_distance_ratio, pairwise_ssim, patient_level, score)
+from memstudy.data.cohort import make_cohort
+from memstudy.detect.base import Detector
+from memstudy.detect.external import EXTERNAL_ENV, ExternalDetector
+from memstudy.detect.factory import ALL_DETECTORS, make_detector
+from memstudy.detect.nn_ratio import NNRatioDetector, nn_distance_ratio
+from memstudy.detect.pixel import PixelDetector
+from memstudy.detect.ssim import SSIMDetector, pairwise_ssim
+from memstudy.metrics.patient import patient_level
+from memstudy.metrics.scoring import score
 
 
 @pytest.fixture(scope="module")

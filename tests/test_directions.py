@@ -1,7 +1,7 @@
 import pandas as pd
 import pytest
 
-from memstudy.directions import direction_table, ordered_levels, verdict
+from memstudy.analysis.directions import direction_table, ordered_levels, verdict
 
 
 @pytest.mark.parametrize("values, expect, result", [

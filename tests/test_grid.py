@@ -12,9 +12,10 @@ import psutil
 import pytest
 
 from memstudy.config import ConfigError, RunConfig
-from memstudy.executors import SlurmOptions, worker_env
-from memstudy.grid import GridSpec, SpecError, cell_id, load_spec, run_grid
-from memstudy.report import CELL_METRICS, METRIC_COLUMNS, collect
+from memstudy.pipeline.executors import SlurmOptions, worker_env
+from memstudy.pipeline.grid import GridSpec, SpecError, cell_id, load_spec
+from memstudy.pipeline.runner import run_grid
+from memstudy.analysis.report import CELL_METRICS, METRIC_COLUMNS, collect
 from memstudy.runio import read_json, write_json_atomic
 
 # Cells of a few seconds: the end-to-end tests only check plumbing, not memorization.

@@ -7,8 +7,8 @@ import torch
 from monai.networks.nets import DiffusionModelUNet
 from monai.networks.schedulers import DDPMScheduler
 
-from memstudy.cohort import make_cohort
-from memstudy.membership import attack, denoising_losses, membership_inference, tpr_at_fpr
+from memstudy.data.cohort import make_cohort
+from memstudy.metrics.membership import attack, denoising_losses, membership_inference, tpr_at_fpr
 
 
 @pytest.fixture(scope="module")

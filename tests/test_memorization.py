@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from memstudy.memorization import memorization, tau_from_holdout
-from memstudy.neighbors import nearest_neighbors, pearson_rows
+from memstudy.metrics.memorization import memorization, tau_from_holdout
+from memstudy.detect.neighbors import nearest_neighbors, pearson_rows
 
 
 def test_tau_is_the_percentile_of_train_to_holdout_similarity():

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from memstudy.release import available_steps, filter_release
+from memstudy.analysis.release import available_steps, filter_release
 
 N = 6
 

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from memstudy.config import RunConfig
-from memstudy.report import collect, summarize, write_report
+from memstudy.analysis.report import collect, summarize, write_report
 from memstudy.runio import write_json_atomic
 
 

@@ -16,7 +16,7 @@ def __getattr__(name: str):
 
         return getattr(config, name)
     if name == "run_cell":
-        from .cell import run_cell
+        from .pipeline.cell import run_cell
 
         return run_cell
     raise AttributeError(f"module 'memstudy' has no attribute {name!r}")

@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``memstudy`` console script; returns the exit status."""
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["validate"]:  # the benchmark owns its arguments (and its --help)
-        from .benchmark import main as validate
+        from .validation.planted import main as validate
 
         return validate(argv[1:])
     args = build_parser().parse_args(argv)
@@ -143,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     validate = commands.add_parser(
         "validate", help="validate the copy detectors against planted copies (known truth)",
-        add_help=False, description="Runs `python -m memstudy.benchmark`; see its --help.")
+        add_help=False, description="Runs `memstudy validate`; see its --help.")
     # Never reached: main() hands `validate ...` to memstudy.benchmark before parsing; the
     # parser entry is here so that `memstudy --help` lists it.
     return parser
@@ -154,7 +154,7 @@ class _Raw(argparse.RawDescriptionHelpFormatter):
 
 
 def _add_grid_run(grid_commands) -> None:
-    from .executors import EXECUTORS, SlurmOptions
+    from .pipeline.executors import EXECUTORS, SlurmOptions
 
     run = grid_commands.add_parser(
         "run", help="run every cell of a grid that is not complete", epilog=GRID_RUN_EPILOG,
@@ -205,8 +205,8 @@ def _minutes(text: str) -> int:
 
 
 def _grid_run(args: argparse.Namespace) -> int:
-    from .executors import SlurmOptions
-    from .grid import run_grid
+    from .pipeline.executors import SlurmOptions
+    from .pipeline.runner import run_grid
 
     slurm = SlurmOptions(partition=args.slurm_partition, account=args.slurm_account,
                          time_min=args.slurm_time, cpus_per_task=args.slurm_cpus,
@@ -222,7 +222,7 @@ def _grid_run(args: argparse.Namespace) -> int:
 
 
 def _grid_list(args: argparse.Namespace) -> int:
-    from .grid import load_spec, packaged_specs
+    from .pipeline.grid import load_spec, packaged_specs
 
     for name in packaged_specs():
         try:
@@ -234,7 +234,7 @@ def _grid_list(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from .report import load_plan, summary_text, write_report
+    from .analysis.report import load_plan, summary_text, write_report
     from .runio import results_root
 
     grids = args.grids or sorted(p.parent for p in results_root().glob("*/grid.json"))
@@ -251,8 +251,8 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _cell(args: argparse.Namespace) -> int:
-    from .cell import default_run_dir, run_cell
-    from .report import cell_table
+    from .pipeline.cell import default_run_dir, run_cell
+    from .analysis.report import cell_table
 
     params = {}
     for item in args.param:
@@ -271,7 +271,7 @@ def _cell(args: argparse.Namespace) -> int:
 def _filter(args: argparse.Namespace) -> int:
     import json
 
-    from .release import filter_release
+    from .analysis.release import filter_release
 
     if not (args.run_dir / "metrics.json").exists():
         raise ConfigError(f"{args.run_dir} is not a complete run folder (no metrics.json): "

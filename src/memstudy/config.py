@@ -11,13 +11,21 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, get_type_hints
 
 AUGMENTATIONS = ("none", "flip_rotate", "strong")
 UNET_PRESETS = ("XS", "S", "M", "L")
 MODELS = ("ldm", "pixel_dm", "autoencoder", "gan")
-DETECTORS = ("contrastive", "pixel", "nn_ratio", "ssim", "external")  # see memstudy.detectors
+DETECTORS = ("contrastive", "pixel", "nn_ratio", "ssim", "external")  # see memstudy.detect.factory
+# The patient pool is split once, by patient, into four shares (memstudy.data.splits):
+# - train: cells draw their training patients from it;
+# - holdout: cells draw the held-out patients that calibrate tau and act as non-members;
+# - test: patients no cell and no ruler ever sees: negative controls, planted-copy "novel" queries;
+# - reference: the pool the shared rulers learn from (trusted detector encoder, shared
+#   autoencoder, quality feature encoder), so a ruler never saw a cell's patients.
+SPLITS = ("train", "holdout", "test", "reference")
+SPLIT_FRACTIONS = (0.5, 0.2, 0.15, 0.15)
 DATASETS = ("cohort", "medmnist:<flag>")  # medmnist reads $MEMSTUDY_DATA/<flag>.npz
 
 
@@ -41,7 +49,8 @@ class RunConfig:
     slices_per_patient: int = 4  # neighbouring axial slices taken from each patient volume
     holdout_size: int = 16  # held-out slices (other patients) that calibrate tau
     cohort_patients: int = 600  # size of the generated patient pool that splits are drawn from
-    data_seed: int = 0  # seeds the generated anatomy and the patient split
+    data_seed: int = 0  # seeds the generated anatomy and the patient split (the *pool*); the
+    #                     patients a cell draws from the pool's shares are chosen by `seed`
 
     # --- model ------------------------------------------------------------------------
     model: str = "ldm"  # family: "ldm" (AutoencoderKL + latent UNet), "pixel_dm" (UNet on
@@ -62,7 +71,8 @@ class RunConfig:
     lr: float = 1e-3  # AdamW learning rate of the diffusion model
     ema_decay: float = 0.0  # exponential moving average of weights; 0 disables it
     num_train_timesteps: int = 1000  # DDPM noise levels
-    seed: int = 0  # seeds model init, batches, augmentation and sampling
+    seed: int = 0  # the replicate: seeds the patients drawn, model init, batches, augmentation
+    #                and sampling, so replicates differ in patients *and* in model randomness
 
     # --- sampling and detection -------------------------------------------------------
     num_gen: int = 16  # synthetic samples drawn at each checkpoint
@@ -128,16 +138,17 @@ class RunConfig:
                 f"dataset_size {self.dataset_size} must be a multiple of slices_per_patient "
                 f"{self.slices_per_patient}, because training sets are whole patients."
             )
-        # Training and holdout patients come from the 60 % and 20 % shares of the pool
-        # (data.SPLIT_FRACTIONS): ask for no more patients than those shares hold.
+        # Training and holdout patients come from their shares of the pool (SPLIT_FRACTIONS):
+        # ask for no more patients than those shares hold.
         n_train = self.dataset_size // self.slices_per_patient
         n_holdout = -(-self.holdout_size // self.slices_per_patient)
-        pool_needed = max(n_train / 0.6, n_holdout / 0.2)
+        share = dict(zip(SPLITS, SPLIT_FRACTIONS))
+        pool_needed = max(n_train / share["train"], n_holdout / share["holdout"])
         if pool_needed > self.cohort_patients:
             raise ConfigError(
                 f"cohort_patients={self.cohort_patients} is too small for dataset_size="
                 f"{self.dataset_size} and holdout_size={self.holdout_size} ({n_train} training and "
-                f"{n_holdout} holdout patients from 60 % / 20 % splits): raise it to at least "
+                f"{n_holdout} holdout patients from {share['train']:.0%} / {share['holdout']:.0%} shares): raise it to at least "
                 f"{int(pool_needed) + 1}."
             )
         bad = [c for c in self.checkpoints if not 0 < c <= self.train_steps]

@@ -7,6 +7,7 @@ new one, never half of one. ``metrics.json`` is written last: its presence means
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -33,6 +34,20 @@ def cache_root() -> Path:
     return Path(os.environ.get(CACHE_ENV, results_root() / "_cache"))
 
 
+def cache_file(kind: str, key: dict[str, Any], suffix: str = ".pt") -> Path:
+    """Where an expensive intermediate lives: ``<cache>/<kind>/<hash of key><suffix>``.
+
+    The key names everything the artefact depends on (data set, image size, seed, budget...),
+    so a changed key is a different file and never a stale one. The key itself is written next
+    to the artefact (``.json``) so a person can see what a cached file is.
+    """
+    text = json.dumps(key, sort_keys=True, default=_jsonable)
+    path = cache_root() / kind / (hashlib.sha256(text.encode()).hexdigest()[:16] + suffix)
+    if not path.with_suffix(".json").exists():
+        write_bytes_atomic(path.with_suffix(".json"), (text + "\n").encode())
+    return path
+
+
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` so readers never see a partial file."""
     path = Path(path)
@@ -57,11 +72,18 @@ def read_json(path: str | os.PathLike) -> Any:
     return json.loads(Path(path).read_text())
 
 
-def save_atomic(save_fn, path: str | os.PathLike) -> None:
-    """Call ``save_fn(tmp_path)`` (e.g. torch.save, np.savez, fig.savefig), then rename into place."""
+def save_atomic(save_fn, path: str | os.PathLike, suffix: str | None = None) -> None:
+    """Call ``save_fn(tmp_path)`` (e.g. torch.save, np.savez, fig.savefig), then rename into place.
+
+    The temporary name is unique (two writers never share it) and keeps the file's suffix, or
+    ``suffix`` when given (``.nii.gz``), because some writers choose the format from the name.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    suffix = path.suffix if suffix is None else suffix
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp{suffix}")
+    os.close(fd)
+    tmp = Path(name)
     try:
         save_fn(tmp)
         os.replace(tmp, path)
@@ -86,6 +108,32 @@ def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
         except json.JSONDecodeError:
             continue  # the last line of a killed run may be torn
     return records
+
+
+# ------------------------------------------------------------------------------------------
+# The state of a run folder
+
+
+def is_complete(run_dir: str | os.PathLike) -> bool:
+    """A run is complete when its ``metrics.json`` exists: it is always written last."""
+    return (Path(run_dir) / "metrics.json").exists()
+
+
+def cell_status(run_dir: str | os.PathLike) -> str:
+    """``complete`` (metrics.json), ``failed`` (error.json), ``incomplete`` (started) or ``pending``."""
+    run_dir = Path(run_dir)
+    if is_complete(run_dir):
+        return "complete"
+    if (run_dir / "error.json").exists():
+        return "failed"
+    return "incomplete" if run_dir.exists() else "pending"
+
+
+def error_line(run_dir: str | os.PathLike) -> str:
+    """First line of a failed cell's error.json, e.g. ``RuntimeError: CUDA is not available``."""
+    err = read_json(Path(run_dir) / "error.json")
+    lines = str(err.get("message", "")).strip().splitlines()
+    return f"{err.get('error_type', 'Error')}: {lines[0] if lines else ''}"
 
 
 def environment(device: str) -> dict[str, Any]:

@@ -20,10 +20,9 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from .augment import BatchAugment
-from .config import ConfigError, RunConfig
-from .models import (build_autoencoder, build_discriminator, build_gan, build_sample_scheduler,
-                     build_train_scheduler, build_unet)
-from .runio import append_jsonl, save_atomic
+from ..config import ConfigError, RunConfig
+from .networks import (build_autoencoder, build_discriminator, build_gan, build_sample_scheduler, build_train_scheduler, build_unet)
+from ..runio import append_jsonl, save_atomic
 
 LOG_EVERY = 25  # steps between two records in stats.jsonl
 

@@ -1,70 +1,18 @@
-"""The sets one run works on: training patients, held-out patients, and their slices.
-
-Splits are made on *patient* ids, never on slices, so no patient has a slice on both sides.
-Training sets are nested: the first ``k`` training patients of a larger run are the training
-set of a smaller one, so the dataset-size axis adds patients and changes nothing else.
-"""
+"""MedMNIST files (``<flag>.npz`` with ``train_images`` / ``val_images``) as a run's sets."""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .cohort import Cohort, make_cohort, split_patients
-from .config import ConfigError, RunConfig
-from .runio import DATA_ENV
-
-SPLIT_FRACTIONS = (0.6, 0.2, 0.2)  # train / holdout / test share of the patient pool
-
-
-@dataclass(frozen=True)
-class Sets:
-    """Training and held-out slices of one run, with the full patient split they came from."""
-
-    train: Cohort
-    holdout: Cohort
-    split: dict[str, np.ndarray]
-
-    def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
-        return torch.from_numpy(self.train.images), torch.from_numpy(self.holdout.images)
-
-
-def patient_split(cfg: RunConfig) -> dict[str, np.ndarray]:
-    """The train / holdout / test split of the generated patient pool of ``cfg``."""
-    return split_patients(np.arange(cfg.cohort_patients), SPLIT_FRACTIONS, seed=cfg.data_seed)
-
-
-def patient_slices(ids: np.ndarray, cfg: RunConfig) -> Cohort:
-    """The slices of the given generated patients, in the order of ``ids``."""
-    parts = [make_cohort(1, cfg.image_size, cfg.slices_per_patient, seed=cfg.data_seed,
-                         first_patient=int(p)) for p in ids]
-    return Cohort(*(np.concatenate([getattr(c, f) for c in parts])
-                    for f in ("images", "patient_id", "slice_index", "has_lesion")))
-
-
-def load_sets(cfg: RunConfig) -> Sets:
-    """The training and holdout slices of ``cfg``, from the generated cohort or a local file."""
-    if cfg.dataset.startswith("medmnist:"):
-        return _medmnist_sets(cfg)
-    return _cohort_sets(cfg)
-
-
-def _cohort_sets(cfg: RunConfig) -> Sets:
-    """Split the generated patient pool and build the training and holdout slices of ``cfg``."""
-    split = patient_split(cfg)
-    order = np.random.default_rng(cfg.data_seed).permutation
-    n_train = cfg.dataset_size // cfg.slices_per_patient
-    n_holdout = -(-cfg.holdout_size // cfg.slices_per_patient)  # ceil: enough whole patients
-    train_ids = order(split["train"])[:n_train]
-    holdout_ids = order(split["holdout"])[:n_holdout]
-    holdout = patient_slices(holdout_ids, cfg)
-    return Sets(train=patient_slices(train_ids, cfg), holdout=holdout.subset(np.arange(cfg.holdout_size)),
-                split=split)
+from ..config import ConfigError, RunConfig
+from ..runio import DATA_ENV
+from .cohort import Cohort
+from .sets import Sets
 
 
 def medmnist_path(cfg: RunConfig) -> Path:
@@ -72,7 +20,7 @@ def medmnist_path(cfg: RunConfig) -> Path:
     return Path(os.environ.get(DATA_ENV, "data")) / f"{cfg.dataset.split(':', 1)[1]}.npz"
 
 
-def _medmnist_sets(cfg: RunConfig) -> Sets:
+def medmnist_sets(cfg: RunConfig) -> Sets:
     """A MedMNIST file: ``train_images`` are the training pool, ``val_images`` the holdout.
 
     MedMNIST publishes no patient ids, so every image counts as its own patient: the
@@ -94,7 +42,7 @@ def _medmnist_sets(cfg: RunConfig) -> Sets:
     ids = {"train": np.arange(len(train)), "holdout": np.arange(len(holdout)) + 10**9}
     return Sets(train=_one_slice_patients(train, ids["train"]),
                 holdout=_one_slice_patients(holdout, ids["holdout"]),
-                split={**ids, "test": np.array([], np.int64)})
+                split={**ids, "test": np.array([], np.int64), "reference": np.array([], np.int64)})
 
 
 def _one_slice_patients(images: np.ndarray, patient_id: np.ndarray) -> Cohort:

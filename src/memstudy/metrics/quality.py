@@ -18,12 +18,12 @@ from pathlib import Path
 import torch
 from monai.metrics import FIDMetric, MultiScaleSSIMMetric
 
-from .config import RunConfig
-from .data import patient_slices, patient_split
-from .detectors import ContrastiveDetector
-from .runio import cache_root
+from ..config import RunConfig
+from ..data.sets import patient_slices, patient_split
+from ..detect.contrastive import ContrastiveDetector
+from ..runio import cache_root
 
-FEATURE_PATIENTS = 64  # test-split patients the feature encoder is trained on
+FEATURE_PATIENTS = 64  # reference-share patients (never a cell's) the feature encoder learns from
 FEATURE_STEPS = 200
 PAIRS = 256  # random pairs for MS-SSIM diversity
 
@@ -36,7 +36,7 @@ def feature_encoder(cfg: RunConfig, device: str, cache_dir: Path | None = None) 
                                   cache=cache)
     if cache.exists():  # trained by an earlier cell: its training slices are not needed
         return encoder.fit(None)
-    ids = patient_split(cfg)["test"][:FEATURE_PATIENTS]
+    ids = patient_split(cfg)["reference"][:FEATURE_PATIENTS]
     return encoder.fit(torch.from_numpy(patient_slices(ids, cfg).images))
 
 

@@ -26,17 +26,22 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import figures, quality
-from .cohort import plot_cohort
-from .config import ConfigError, RunConfig
-from .data import Sets, load_sets
-from .detectors import Detector, make_detector, patient_level, score
-from .membership import membership_inference
-from .models import build_train_scheduler
-from .neighbors import pearson_rows
-from .runio import (environment, read_json, read_jsonl, results_root, save_atomic,
-                    write_json_atomic)
-from .train import Autoencoder, DiffusionTraining, make_training, resolve_device
+from ..viz import figures
+
+from ..metrics import quality
+from ..viz.cohort import plot_cohort
+from ..config import ConfigError, RunConfig
+from ..data.sets import Sets, load_sets
+from ..detect.base import Detector
+from ..detect.factory import make_detector
+from ..metrics.patient import patient_level
+from ..metrics.scoring import score
+from ..metrics.membership import membership_inference
+from ..models.networks import build_train_scheduler
+from ..detect.neighbors import pearson_rows
+from ..runio import (environment, is_complete, read_json, read_jsonl, results_root, save_atomic,
+                     write_json_atomic)
+from ..models.train import Autoencoder, DiffusionTraining, make_training, resolve_device
 
 GALLERY_ROWS = 6
 
@@ -44,10 +49,6 @@ GALLERY_ROWS = 6
 def default_run_dir(cfg: RunConfig) -> Path:
     """Where a cell run outside the grid lands: ``$MEMSTUDY_RESULTS/cells/<config digest>``."""
     return results_root() / "cells" / cfg.digest()
-
-
-def is_complete(run_dir: str | Path) -> bool:
-    return (Path(run_dir) / "metrics.json").exists()
 
 
 def claim_run_dir(cfg: RunConfig, run_dir: Path) -> None:

@@ -37,26 +37,21 @@ bright.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
-import os
-import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
+
+from ..runio import save_atomic
 
 __all__ = [
     "Cohort",
     "Z_RANGE",
     "make_cohort",
     "make_volume",
-    "plot_cohort",
-    "read_split",
     "slice_positions",
-    "split_patients",
     "write_nifti",
-    "write_split",
 ]
 
 #: Heights (normalised z) of the lowest and highest slice of each patient:
@@ -944,14 +939,6 @@ def make_volume(
 # --------------------------------------------------------------------------
 
 
-def _atomic_target(path: Path, suffix: str):
-    """Open a temporary file next to ``path``; the caller moves it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    return Path(tmp)
-
-
 def write_nifti(volume: np.ndarray, path) -> None:
     """Write a ``(D, H, W)`` volume from :func:`make_volume` as NIfTI.
 
@@ -995,151 +982,5 @@ def write_nifti(volume: np.ndarray, path) -> None:
     image = nib.Nifti1Image(volume, affine)
     image.header.set_data_dtype(np.float32)
     image.header.set_xyzt_units("mm")
-    tmp = _atomic_target(path, suffix)
-    try:
-        nib.save(image, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-_SPLITS = ("train", "holdout", "test")
-
-
-def split_patients(patient_ids, fractions=(0.6, 0.2, 0.2), seed: int = 0) -> dict[str, np.ndarray]:
-    """Split patients (not slices) into train, holdout and test sets.
-
-    Splitting by patient keeps every slice of a patient on one side, which
-    is what makes "was this patient in training?" a meaningful question.
-
-    Parameters
-    ----------
-    patient_ids : array_like
-        Patient ids; repeats (one per slice) are fine.
-    fractions : tuple of 3 floats
-        Shares of train, holdout and test; positive, summing to 1.
-    seed : int
-        Seed of the shuffle.
-
-    Returns
-    -------
-    dict
-        ``{"train", "holdout", "test"}`` -> sorted int64 arrays of unique
-        ids; disjoint and together covering all ids.
-
-    Raises
-    ------
-    ValueError
-        If the fractions are not 3 numbers summing to 1, or a split would be
-        empty.
-    """
-    fractions = np.asarray(fractions, dtype=np.float64)
-    if fractions.shape != (3,) or np.any(fractions < 0):
-        raise ValueError(
-            f"fractions must be 3 non-negative numbers (train, holdout, test), got {fractions}"
-        )
-    if not np.isclose(fractions.sum(), 1.0, atol=1e-6):
-        raise ValueError(
-            f"fractions must sum to 1, got {fractions.tolist()} (sum {fractions.sum():g})"
-        )
-    ids = np.unique(np.asarray(patient_ids, dtype=np.int64))
-    # Largest-remainder rounding: the counts add up to exactly len(ids).
-    exact = fractions * len(ids)
-    counts = np.floor(exact).astype(int)
-    leftover = np.argsort(-(exact - counts), kind="stable")[: len(ids) - counts.sum()]
-    counts[leftover] += 1
-    if np.any(counts == 0):
-        raise ValueError(
-            f"a split would be empty: {len(ids)} patients with fractions {fractions.tolist()} "
-            f"give counts {dict(zip(_SPLITS, counts.tolist()))}"
-        )
-    shuffled = np.random.default_rng(seed).permutation(ids)
-    parts = np.split(shuffled, np.cumsum(counts)[:-1])
-    return {name: np.sort(part) for name, part in zip(_SPLITS, parts)}
-
-
-def write_split(split: dict, path) -> None:
-    """Write a split as JSON ``{"train": [...], "holdout": [...], "test": [...]}``, atomically."""
-    missing = set(_SPLITS) - set(split)
-    if missing:
-        raise ValueError(f"split lacks {sorted(missing)}")
-    path = Path(path)
-    text = json.dumps({name: [int(i) for i in split[name]] for name in _SPLITS}, indent=1)
-    tmp = _atomic_target(path, ".tmp")
-    try:
-        tmp.write_text(text + "\n")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def read_split(path) -> dict[str, np.ndarray]:
-    """Read a split written by :func:`write_split`.
-
-    Returns
-    -------
-    dict
-        ``{"train", "holdout", "test"}`` -> sorted int64 arrays.
-    """
-    raw = json.loads(Path(path).read_text())
-    missing = set(_SPLITS) - set(raw)
-    if missing:
-        raise ValueError(f"{path}: split lacks {sorted(missing)}")
-    return {name: np.sort(np.asarray(raw[name], dtype=np.int64)) for name in _SPLITS}
-
-
-# --------------------------------------------------------------------------
-# Figure
-# --------------------------------------------------------------------------
-
-
-def plot_cohort(cohort: Cohort, n_patients: int = 6, ax_size: float = 1.6):
-    """Show the slices of the first few patients, one row per patient.
-
-    Parameters
-    ----------
-    cohort : Cohort
-        The slices to show.
-    n_patients : int
-        Rows: the first ``n_patients`` patients in order of appearance.
-    ax_size : float
-        Size of one image in inches.
-
-    Returns
-    -------
-    matplotlib.figure.Figure
-        Slices inferior -> superior from left to right; a red corner mark
-        flags slices that show a lesion.
-    """
-    # Lazy import: generating data must not need matplotlib.
-    from matplotlib.figure import Figure
-
-    _, first = np.unique(cohort.patient_id, return_index=True)
-    patients = cohort.patient_id[np.sort(first)][:n_patients]
-    n_cols = int(cohort.slice_index.max()) + 1 if len(cohort) else 1
-    fig = Figure(figsize=(ax_size * n_cols + 0.9, ax_size * max(len(patients), 1) + 0.3))
-    axes = fig.subplots(max(len(patients), 1), n_cols, squeeze=False)
-    for ax in axes.flat:
-        ax.set_xticks([])
-        ax.set_yticks([])
-        for spine in ax.spines.values():
-            spine.set_visible(False)
-    for row, patient in enumerate(patients):
-        rows = np.flatnonzero(cohort.patient_id == patient)
-        for i in rows:
-            ax = axes[row, cohort.slice_index[i]]
-            ax.imshow(cohort.images[i, 0], cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
-            if cohort.has_lesion[i]:
-                ax.plot([0.04], [0.96], "v", color="red", markersize=5, transform=ax.transAxes)
-        label = f"patient {patient}"
-        if cohort.has_lesion[rows].any():
-            label += "\n(lesion)"
-        axes[row, 0].set_ylabel(label, fontsize=8)
-    for col in range(n_cols):
-        axes[0, col].set_title(f"slice {col}", fontsize=8)
-    # Fixed margins in inches: room for the row labels and column titles.
-    width, height = fig.get_size_inches()
-    fig.subplots_adjust(
-        left=0.9 / width, right=0.99, bottom=0.02 / height, top=1 - 0.3 / height, wspace=0.03, hspace=0.03
-    )
-    return fig
+    # nibabel picks compression from the name, so the temporary file keeps the suffix
+    save_atomic(lambda tmp: nib.save(image, tmp), path, suffix=suffix)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .runio import RESULTS_ENV, read_json
+from ..runio import RESULTS_ENV, read_json
 
 PRESET_ENV = "MEMSTUDY_BOOK_PRESET"
 

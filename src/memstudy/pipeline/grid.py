@@ -26,7 +26,7 @@ cartesian product. Every cell gets a readable, stable id such as
 ``aug-none_size-M_n-16_seed-0`` and a fully validated :class:`RunConfig`: all cells are
 validated before any runs, so a bad spec fails at once and says which cell and key.
 
-:func:`run_grid` runs the cells (through the ablation notebook, see :mod:`memstudy.executors`)
+:func:`run_grid` runs the cells (through the ablation notebook, see :mod:`memstudy.pipeline.executors`)
 into ``<results>/<spec name>/<cell id>/``, skipping complete cells, so an interrupted grid is
 finished by running the same command again.
 """
@@ -35,21 +35,14 @@ from __future__ import annotations
 
 import itertools
 import re
-import time
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import yaml
-from tqdm.auto import tqdm
 
-from . import executors
-from .cell import is_complete
-from .config import ConfigError, RunConfig
-from .executors import CellJob, CellOutcome, SlurmOptions
-from .report import cell_status, error_line
-from .runio import results_root, write_json_atomic
+from ..config import ConfigError, RunConfig
 
 DESIGNS = ("full", "star")
 SPEC_KEYS = ("name", "description", "design", "fixed", "axes", "base", "seeds")
@@ -243,152 +236,3 @@ def load_spec(name_or_path: str | Path) -> GridSpec:
     except yaml.YAMLError as err:
         raise SpecError(f"grid spec {source} is not valid YAML: {err}") from None
     return GridSpec.from_dict(data, source=source)
-
-
-# ----------------------------------------------------------------------------------------
-# Running
-
-
-@dataclass
-class GridSummary:
-    """What one :func:`run_grid` call did; ``format()`` gives the printed summary."""
-
-    name: str
-    results_dir: Path
-    planned: list[str]
-    complete: list[str] = field(default_factory=list)  # ran to completion in this call
-    skipped: list[str] = field(default_factory=list)  # already complete before this call
-    failed: dict[str, str] = field(default_factory=dict)  # cell id -> first line of the error
-    wall_s: float = 0.0
-
-    @property
-    def ok(self) -> bool:
-        return not self.failed
-
-    def format(self) -> str:
-        lines = [f"grid {self.name}: {len(self.planned)} cells in {self.results_dir}, "
-                 f"{self.wall_s:.0f} s"]
-        for label, ids in (("complete", self.complete), ("skipped (already complete)", self.skipped)):
-            lines.append(f"  {label}: {len(ids)}" + (f"  {' '.join(ids)}" if ids else ""))
-        lines.append(f"  failed: {len(self.failed)}")
-        lines += [f"    {cid}: {line}" for cid, line in self.failed.items()]
-        if self.failed:
-            lines.append("  details: <cell folder>/error.json and notebook.ipynb; run the same "
-                         "command again to retry them.")
-        return "\n".join(lines)
-
-
-def run_grid(spec: GridSpec | str | Path, results_dir: str | Path | None = None,
-             executor: str = "sequential", jobs: int | None = None, dry_run: bool = False,
-             retry_failed: bool = True, only: list[str] | None = None,
-             slurm: SlurmOptions | None = None, progress: bool = True) -> GridSummary:
-    """Run every cell of a grid that is not complete yet, each through the ablation notebook.
-
-    Parameters
-    ----------
-    spec : GridSpec, str or Path
-        A spec, or the name of a packaged spec, or a path to a YAML spec.
-    results_dir : str or Path, optional
-        Root of the results; cells go to ``<results_dir>/<spec name>/<cell id>``. Default:
-        ``$MEMSTUDY_RESULTS`` or ``./results``.
-    executor : {"sequential", "local", "slurm", "submitit-local"}
-        Where cells run, see :mod:`memstudy.executors`.
-    jobs : int, optional
-        Cells at once. Default: 1 for ``sequential``; the number of visible GPUs (or 1) for
-        ``local``; all cells for ``slurm`` and ``submitit-local``.
-    dry_run : bool
-        Print every cell id and its resolved config, then return without touching the disk.
-    retry_failed : bool
-        Run cells that failed before (have an ``error.json``) again; if False they stay failed.
-    only : list of str, optional
-        Run only these cell ids (all cells are still validated and planned in ``grid.json``).
-    slurm : SlurmOptions, optional
-        Resources of each job for the ``slurm`` and ``submitit-local`` executors.
-    progress : bool
-        Show a progress bar over cells.
-
-    Returns
-    -------
-    GridSummary
-        Complete, skipped and failed cell ids, and the wall time.
-    """
-    tic = time.perf_counter()
-    if not isinstance(spec, GridSpec):
-        spec = load_spec(spec)
-    if executor not in executors.EXECUTORS:
-        raise ConfigError(f"executor {executor!r} is not one of {', '.join(executors.EXECUTORS)}.")
-    if jobs is not None and jobs < 1:
-        raise ConfigError(f"jobs must be at least 1, got {jobs}.")
-    if executor == "sequential" and (jobs or 1) > 1:
-        raise ConfigError(f"the sequential executor runs one cell at a time: use executor 'local' "
-                          f"for {jobs} cells at once.")
-    cells = spec.cells()  # validates all cells before anything runs
-    selected = _select(cells, only)
-    grid_dir = Path(results_dir) if results_dir else results_root()
-    grid_dir = (grid_dir / spec.name).resolve()
-    summary = GridSummary(spec.name, grid_dir, [c.id for c in cells])
-    if dry_run:
-        print(format_plan(spec, cells, selected, grid_dir))
-        return summary
-
-    notebook = str(executors.notebook_path())
-    write_json_atomic(grid_dir / "grid.json", {
-        "name": spec.name, "spec": spec.to_dict(), "source": spec.source,
-        "cells": [{"id": c.id, "levels": c.levels, "config_digest": c.config.digest()}
-                  for c in cells]})
-    todo = []
-    for cell in selected:
-        run_dir = grid_dir / cell.id
-        if is_complete(run_dir):
-            summary.skipped.append(cell.id)
-        elif not retry_failed and (run_dir / "error.json").exists():
-            summary.failed[cell.id] = "(not retried) " + error_line(run_dir)
-        else:
-            todo.append(CellJob(cell.id, _flat_params(cell.config), str(run_dir), notebook))
-
-    bar = tqdm(total=len(todo), desc=f"grid {spec.name}", unit="cell", disable=not progress)
-    with bar:
-        for outcome in executors.run_jobs(executor, todo, jobs, slurm, grid_dir):
-            _record(summary, outcome)
-            bar.set_postfix_str(f"{len(summary.failed)} failed" if summary.failed else "")
-            bar.update()
-    summary.wall_s = time.perf_counter() - tic
-    return summary
-
-
-def _record(summary: GridSummary, outcome: CellOutcome) -> None:
-    if outcome.status == "failed":
-        summary.failed[outcome.cell_id] = outcome.error
-    elif outcome.status == "skipped":
-        summary.skipped.append(outcome.cell_id)
-    else:
-        summary.complete.append(outcome.cell_id)
-
-
-def _select(cells: list[Cell], only: list[str] | None) -> list[Cell]:
-    if not only:
-        return cells
-    ids = [c.id for c in cells]
-    unknown = [i for i in only if i not in ids]
-    if unknown:
-        raise SpecError(f"--only: no cell named {', '.join(unknown)}; see the ids with --dry-run.")
-    return [c for c in cells if c.id in only]
-
-
-def _flat_params(cfg: RunConfig) -> dict[str, Any]:
-    """RunConfig as notebook parameters: papermill passes literals, so tuples become "a,b,c"."""
-    return {k: ",".join(map(str, v)) if isinstance(v, list) else v for k, v in cfg.to_dict().items()}
-
-
-def format_plan(spec: GridSpec, cells: list[Cell], selected: list[Cell], grid_dir: Path) -> str:
-    """The dry-run listing: every selected cell, its state on disk and its non-default config."""
-    defaults = _flat_params(RunConfig())
-    lines = [f"grid {spec.name} ({spec.design} design, source {spec.source}): {len(cells)} cells, "
-             f"{len(selected)} selected -> {grid_dir}"]
-    for cell in selected:
-        changed = " ".join(f"{k}={v}" for k, v in _flat_params(cell.config).items()
-                           if v != defaults[k])
-        lines.append(f"{cell.id}  [{cell_status(grid_dir / cell.id)}]\n"
-                     f"    {changed or '(all defaults)'}")
-    lines.append("dry run: nothing was written.")
-    return "\n".join(lines)

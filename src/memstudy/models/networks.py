@@ -12,12 +12,12 @@ from monai.networks.nets import (AutoencoderKL, Discriminator, DiffusionModelUNe
                                  PatchDiscriminator)
 from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
 
-from .config import RunConfig
+from ..config import RunConfig
 
 NORM_GROUPS = 8  # GroupNorm groups; divides every width used below
 
 # Latent UNet presets: widths per level, which levels use self-attention, res blocks per level.
-# The number of parameters is printed by `memstudy.models.describe`; the book's methods chapter
+# The number of parameters is printed by `memstudy.models.networks.describe`; the book's methods chapter
 # lists them.
 UNET_PRESETS: dict[str, dict] = {
     "XS": dict(channels=(16, 32), attention_levels=(False, False), num_res_blocks=1),

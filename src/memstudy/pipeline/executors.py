@@ -36,9 +36,8 @@ from typing import Any
 
 import submitit
 
-from .cell import is_complete
-from .config import ConfigError
-from .runio import write_json_atomic
+from ..config import ConfigError
+from ..runio import is_complete, write_json_atomic
 
 EXECUTORS = ("sequential", "local", "slurm", "submitit-local")
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # colour codes in IPython tracebacks
@@ -76,7 +75,7 @@ class SlurmOptions:
 
 def notebook_path() -> Path:
     """The ablation notebook of the repository this package is installed (editable) from."""
-    path = Path(__file__).resolve().parents[2] / "notebooks" / "ablation.ipynb"
+    path = Path(__file__).resolve().parents[3] / "notebooks" / "ablation.ipynb"
     if not path.is_file():
         raise ConfigError(f"the ablation notebook is not at {path}: the grid runner needs memstudy "
                           "installed editable from a clone of the repository (pip install -e .).")
@@ -185,7 +184,7 @@ _PRESET_COST = {"XS": 0.5, "S": 1.0, "M": 1.7, "L": 5.0}
 
 def relative_cost(params: dict[str, Any]) -> float:
     """Estimated cost of a cell from its parameters (RunConfig defaults where absent)."""
-    from .config import RunConfig
+    from ..config import RunConfig
 
     cfg = RunConfig.from_params(params)
     batch = min(cfg.batch_size, cfg.dataset_size)

@@ -10,7 +10,7 @@ One more kind of query is labelled separately, ``same_patient``: an *unseen* sli
 training patient (a neighbouring height of the same head). It is not a copy of any training
 image, but it reveals the patient; the table reports it apart and counts it both ways.
 
-Run it from the command line (``python -m memstudy.benchmark --help``) or call
+Run it from the command line (``memstudy validate --help``) or call
 :func:`run_benchmark`; the book's detector chapter reads the files it writes.
 
 Output folder (``$MEMSTUDY_RESULTS/validation/`` by default), every file written atomically::
@@ -39,12 +39,16 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from sklearn.metrics import roc_auc_score, roc_curve
+from sklearn.metrics import roc_auc_score
 
-from .cohort import Cohort, make_cohort, split_patients
-from .data import SPLIT_FRACTIONS
-from .detectors import ALL_DETECTORS, EXTERNAL_ENV, make_detector, score
-from .runio import environment, results_root, save_atomic, write_json_atomic
+from ..data.cohort import Cohort, make_cohort
+
+from ..config import SPLIT_FRACTIONS
+from ..data.splits import split_patients
+from ..detect.external import EXTERNAL_ENV
+from ..detect.factory import ALL_DETECTORS, make_detector
+from ..metrics.scoring import score
+from ..runio import environment, results_root, save_atomic, write_json_atomic
 
 # Changes applied to copies of training slices ("exact" = none).
 CHANGES = ("exact", "noise", "shift", "rotate", "intensity", "elastic")
@@ -285,7 +289,7 @@ def run_benchmark(image_size: int = 32, n_train: int = 64, seed: int = 0,
     ----------
     image_size, n_train, seed : the cohort resolution, training slices and the one seed
         (patients, split, changes, encoder).
-    detectors : names from :data:`memstudy.detectors.ALL_DETECTORS`; default
+    detectors : names from :data:`memstudy.detect.factory.ALL_DETECTORS`; default
         :func:`default_detectors`.
     out_dir : output folder; default ``$MEMSTUDY_RESULTS/validation``.
     n_holdout, n_per_change, n_novel, slices_per_patient : sizes (see :func:`build_sets`).
@@ -300,7 +304,7 @@ def run_benchmark(image_size: int = 32, n_train: int = 64, seed: int = 0,
     pandas.DataFrame
         The validation table, one row per detector (also written to ``validation.csv``).
     """
-    from .train import resolve_device
+    from ..models.train import resolve_device
 
     tic = time.perf_counter()
     detectors = tuple(detectors) if detectors else default_detectors()
@@ -345,11 +349,12 @@ def run_benchmark(image_size: int = 32, n_train: int = 64, seed: int = 0,
                   file=sys.stderr)
     table = pd.DataFrame(rows)
     per_sample = pd.concat(scores, ignore_index=True)
-    source = (f"memstudy.benchmark seed={seed} {image_size}px n_train={n_train} "
+    source = (f"memstudy validate seed={seed} {image_size}px n_train={n_train} "
               f"encoder_steps={encoder_steps}")
     _write_table(table, out / "validation")
     _write_table(per_sample, out / "scores")
-    from . import figures
+    from ..viz import figures
+    from ..viz.validation import examples_figure, recall_figure, roc_figure
 
     figures.save(roc_figure(per_sample, table, source), out / "roc.png")
     figures.save(recall_figure(table, per_sample, source), out / "recall_by_change.png")
@@ -366,74 +371,6 @@ def _write_table(df: pd.DataFrame, stem: Path) -> None:
     save_atomic(lambda p: df.to_parquet(p, index=False), stem.with_suffix(".parquet"))
 
 
-# --------------------------------------------------------------------------------------------
-# Figures
-# --------------------------------------------------------------------------------------------
-
-
-def roc_figure(per_sample: pd.DataFrame, table: pd.DataFrame, source: str):
-    """One ROC curve per detector (changed copies vs novel slices), each detector's tau marked."""
-    from .figures import _plt, stamp
-
-    plt, sns = _plt()
-    fig, ax = plt.subplots(figsize=(4.6, 4.0), dpi=120)
-    colors = dict(zip(table.detector, sns.color_palette("tab10", len(table))))
-    for det, rows in per_sample.groupby("detector", sort=False):
-        rows = rows[rows.kind.isin(CHANGES + (NOVEL,))]
-        fpr, tpr, _ = roc_curve(rows.kind != NOVEL, rows.sim)
-        metrics = table.set_index("detector").loc[det]
-        ax.plot(fpr, tpr, color=colors[det], lw=1.4, label=f"{det} (AUC {metrics.auc:.3f})")
-        ax.plot(metrics.fpr_novel, metrics.recall, "o", color=colors[det], ms=5)
-    ax.plot([0, 1], [0, 1], color="0.7", lw=0.8, ls=":")
-    ax.set_xlabel("false-positive rate (novel test-split slices)")
-    ax.set_ylabel("true-positive rate (changed copies)")
-    ax.set_title("Copy detectors against planted copies (dot = at tau)", fontsize=9)
-    ax.legend(fontsize=7, loc="lower right")
-    stamp(fig, source)
-    fig.tight_layout()
-    return fig
-
-
-def recall_figure(table: pd.DataFrame, per_sample: pd.DataFrame, source: str):
-    """Heat map: fraction of each kind of query flagged by each detector (novel = FPR)."""
-    from .figures import _plt, stamp
-
-    plt, sns = _plt()
-    rates = per_sample.groupby(["detector", "kind"]).flagged.mean().unstack("kind")
-    rates = rates.reindex(index=list(table.detector), columns=list(KINDS))
-    rates = rates.rename(columns={PATIENT: "same patient\n(other slice)", NOVEL: "novel\n(= FPR)"})
-    fig, ax = plt.subplots(figsize=(1.0 + 0.75 * len(KINDS), 0.9 + 0.45 * len(table)), dpi=120)
-    sns.heatmap(rates, annot=True, fmt=".0%", vmin=0, vmax=1, cmap="rocket_r", cbar=False,
-                ax=ax, annot_kws={"fontsize": 7})
-    ax.set_xlabel("")
-    ax.set_ylabel("")
-    ax.tick_params(labelsize=7)
-    ax.set_title("Fraction of queries flagged as copies at each detector's tau", fontsize=9)
-    stamp(fig, source)
-    fig.tight_layout()
-    return fig
-
-
-def examples_figure(sets: BenchmarkSets, source: str):
-    """First query of each kind (top) above its training source (bottom; none for new ones)."""
-    from .figures import _plt, stamp
-
-    plt, _ = _plt()
-    fig, axes = plt.subplots(2, len(KINDS), figsize=(1.05 * len(KINDS), 2.5), dpi=120)
-    for col, k in enumerate(KINDS):
-        q = int(np.flatnonzero(sets.kind == k)[0])
-        axes[0, col].imshow(sets.queries[q, 0].numpy(), cmap="gray", vmin=0, vmax=1)
-        axes[0, col].set_title(k.replace("_", " "), fontsize=7)
-        if sets.source[q] >= 0:
-            axes[1, col].imshow(sets.train.images[sets.source[q], 0], cmap="gray", vmin=0, vmax=1)
-        for ax in axes[:, col]:
-            ax.set_xticks([]), ax.set_yticks([])
-    axes[0, 0].set_ylabel("query", fontsize=7)
-    axes[1, 0].set_ylabel("training\nsource", fontsize=7)
-    stamp(fig, source)
-    fig.tight_layout()
-    return fig
-
 
 # --------------------------------------------------------------------------------------------
 # Command line
@@ -442,7 +379,7 @@ def examples_figure(sets: BenchmarkSets, source: str):
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m memstudy.benchmark",
+        prog="memstudy validate",
         description="Validate the copy detectors against planted copies of training slices "
         "(exact, noise, shift, rotation, intensity, elastic; plus unseen slices of training "
         "patients) and novel slices of test-split patients. Writes validation.csv/.parquet, "
@@ -474,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
                               n_novel=args.n_novel, encoder_steps=args.encoder_steps,
                               device=args.device, external_path=args.external_encoder)
     except (ValueError, FileNotFoundError) as err:
-        print(f"memstudy.benchmark: error: {err}", file=sys.stderr)
+        print(f"memstudy validate: error: {err}", file=sys.stderr)
         return 2
     cols = ["detector", "tau", "auc", "precision", "recall", "fpr_novel", "recall_patient"]
     print(table[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))

@@ -12,8 +12,8 @@ from typing import Any, get_type_hints
 
 import pandas as pd
 
-from .config import RunConfig
-from .runio import read_json, save_atomic, write_bytes_atomic
+from ..config import RunConfig
+from ..runio import cell_status, error_line, read_json, save_atomic, write_bytes_atomic
 
 METRIC_COLUMNS = ["step", "detector", "tau", "mem_rate", "copy_rate", "fp_floor",
                   "holdout_copy_rate", "n_mem", "n_train", "n_copies", "n_gen"]
@@ -28,15 +28,6 @@ def cell_table(run_dir: str | Path) -> pd.DataFrame:
     """Metrics of one complete run folder: one row per (checkpoint step, detector)."""
     rows = read_json(Path(run_dir) / "metrics.json")["rows"]
     return pd.DataFrame(rows)[METRIC_COLUMNS].sort_values(["detector", "step"]).reset_index(drop=True)
-
-
-def cell_status(run_dir: Path) -> str:
-    """``complete`` (metrics.json), ``failed`` (error.json), ``incomplete`` (started) or ``pending``."""
-    if (run_dir / "metrics.json").exists():
-        return "complete"
-    if (run_dir / "error.json").exists():
-        return "failed"
-    return "incomplete" if run_dir.exists() else "pending"
 
 
 def load_plan(results_dir: str | Path) -> dict[str, Any] | None:
@@ -181,10 +172,3 @@ def _typed(df: pd.DataFrame, fields: list[str]) -> pd.DataFrame:
                    if hints[f] in (int, float)})
     dtypes.update(detector="string", error="string")  # else all-missing would make them float
     return df.astype(dtypes).reset_index(drop=True)
-
-
-def error_line(run_dir: Path) -> str:
-    """First line of a failed cell's error.json, e.g. ``RuntimeError: CUDA is not available``."""
-    err = read_json(run_dir / "error.json")
-    lines = str(err.get("message", "")).strip().splitlines()
-    return f"{err.get('error_type', 'Error')}: {lines[0] if lines else ''}"

@@ -7,7 +7,7 @@ gives the *residual* copy rate of the kept samples under every **other** detecto
 filter is only as good as the detector it trusts. It also costs: a genuinely new sample is
 dropped with the probability the holdout reference shows (``holdout_copy_rate``).
 
-Reads (written by :mod:`memstudy.cell`)::
+Reads (written by :mod:`memstudy.pipeline.cell`)::
 
     run_dir/samples/step_XXXXXX.npz           images, float16 (N, 1, H, W)
     run_dir/eval/step_XXXXXX.json             one row per detector, with its "tau"
@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .runio import read_json, save_atomic, write_json_atomic
+from ..runio import read_json, save_atomic, write_json_atomic
 
 _STEP = re.compile(r"^step_(\d+)\.npz$")
 
@@ -129,41 +129,11 @@ def filter_release(run_dir: str | Path, step: int | None = None, detector: str =
     save_atomic(lambda p: np.savez_compressed(p, images=images[keep].astype(np.float16),
                                               source_index=np.flatnonzero(keep)),
                 out / "released.npz")
-    from . import figures
+    from ..viz import figures
+    from ..viz.release import release_histogram
 
     figures.save(release_histogram(sim, tau, keep, sim_holdout, detector,
                                    f"run {run_dir.name}, step {step}"),
                  out / "release_hist.png")
     write_json_atomic(out / "release_report.json", report)  # last: the release is complete
     return report
-
-
-def release_histogram(sim: np.ndarray, tau: float, keep: np.ndarray,
-                      sim_holdout: np.ndarray | None, detector: str, source: str):
-    """Similarity of each synthetic sample to its nearest training image: kept vs dropped."""
-    from .figures import _plt, stamp
-
-    plt, sns = _plt()
-    fig, ax = plt.subplots(figsize=(5.2, 3.2), dpi=120)
-    values = [sim] + ([sim_holdout] if sim_holdout is not None else [])
-    lo = min(tau, *(np.min(v) for v in values))
-    hi = max(tau, *(np.max(v) for v in values))
-    # Bins of equal width with tau on an edge, so that no bar mixes kept and dropped samples.
-    width = max(hi - lo, 1e-6) / 40
-    below = np.arange(tau, lo - width, -width)[::-1]
-    bins = np.r_[below, np.arange(tau + width, hi + width, width)]
-    if sim_holdout is not None:
-        sns.histplot(sim_holdout, bins=bins, stat="count", color="0.6", alpha=0.35,
-                     element="step", label="holdout → train (reference)", ax=ax)
-    ax.hist([sim[keep], sim[~keep]], bins=bins, stacked=True, color=["tab:green", "tab:red"],
-            alpha=0.7, label=[f"kept ({keep.sum()})", f"dropped ({(~keep).sum()})"])
-    ax.axvline(tau, color="black", ls="--", lw=1)
-    ax.text(tau, ax.get_ylim()[1] * 0.95, f" τ = {tau:.3f}", va="top", fontsize=8)
-    ax.set_xlabel(f"similarity to nearest training image ({detector})")
-    ax.set_ylabel("samples")
-    ax.set_title(f"Release filter ({detector}): {(~keep).sum()} of {len(keep)} samples dropped",
-                 fontsize=9)
-    ax.legend(fontsize=7, loc="upper left")
-    stamp(fig, source)
-    fig.tight_layout()
-    return fig

@@ -101,7 +101,7 @@ def training_curve(records: list[dict], source: str):
 
 def save(fig, path: Path) -> None:
     """Save atomically and close, so a kill never leaves a truncated PNG."""
-    from .runio import save_atomic
+    from ..runio import save_atomic
 
     plt, _ = _plt()
     save_atomic(lambda p: fig.savefig(p, bbox_inches="tight"), path)

@@ -1,0 +1,2 @@
+"""Detectors measured, not trusted: planted copies with known truth.
+"""
