@@ -70,6 +70,9 @@ def claim_run_dir(cfg: RunConfig, run_dir: Path) -> None:
 def run_cell(cfg: RunConfig, run_dir: str | Path | None = None, progress: bool = True) -> dict:
     """Run (or resume, or skip if complete) one cell; return the contents of metrics.json."""
     run_dir = Path(run_dir) if run_dir else default_run_dir(cfg)
+    # Data are read and checked before the folder is claimed: bad input (DataError, naming the
+    # file) leaves no run folder that looks started.
+    sets = None if is_complete(run_dir) else load_sets(cfg)
     claim_run_dir(cfg, run_dir)
     if is_complete(run_dir):
         return read_json(run_dir / "metrics.json")
@@ -79,15 +82,17 @@ def run_cell(cfg: RunConfig, run_dir: str | Path | None = None, progress: bool =
         torch.use_deterministic_algorithms(True, warn_only=True)
     write_json_atomic(run_dir / "env.json", environment(device))
 
-    sets = load_sets(cfg)
+    if sets.info:  # real data: where they came from, and how patients were identified
+        write_json_atomic(run_dir / "data.json", sets.info)
     write_json_atomic(run_dir / "split.json", {
         **{k: v.tolist() for k, v in sets.split.items()},
         "train_used": np.unique(sets.train.patient_id).tolist(),
         "holdout_used": np.unique(sets.holdout.patient_id).tolist()})
     train, holdout = sets.tensors()
     source = f"run {run_dir.name}"
-    figures.save(plot_cohort(sets.train, n_patients=min(4, len(sets.train) // cfg.slices_per_patient)),
-                 run_dir / "figures" / "train_examples.png")
+    if cfg.may_show_patient_images:  # real patients: no figure of their pixels without opt-in
+        figures.save(plot_cohort(sets.train, n_patients=min(4, len(sets.train) // cfg.slices_per_patient)),
+                     run_dir / "figures" / "train_examples.png")
 
     training = make_training(cfg, train, device, run_dir, progress)
     space = getattr(training, "space", None)  # the autoencoder, for the families that have one
@@ -143,8 +148,8 @@ def evaluate_checkpoint(cfg: RunConfig, step: int, model, sets: Sets, detectors:
             f"{det.name} detector, step {step}: {found.result.copy_rate:.0%} copies, "
             f"{found.result.mem_rate:.0%} of training memorized", source),
             run_dir / "figures" / f"hist_{name}.png")
-        if step != max(cfg.eval_steps):  # galleries are read at the last checkpoint only
-            continue
+        if step != max(cfg.eval_steps) or not cfg.may_show_patient_images:
+            continue  # galleries: last checkpoint only, and real patients only on opt-in
         figures.save(figures.nearest_gallery(
             gen.numpy(), sets.train.images, sets.holdout.images, found.sim_gen_train,
             found.nn_gen_train, found.sim_gen_holdout, found.nn_gen_holdout, found.result.tau,

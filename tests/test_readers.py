@@ -1,0 +1,117 @@
+"""Every real-data layout, as tiny fixture trees: the same Sets the generated cohort gives."""
+
+import json
+
+import numpy as np
+import pytest
+
+import data_fixtures as fx
+from memstudy.config import SPLITS, RunConfig
+from memstudy.data.readers import LAYOUTS, read_pool
+from memstudy.data.readers.volumes import MIN_FOREGROUND, foreground
+from memstudy.data.sets import SPLIT_FILE, load_sets
+
+LAYOUT_FIXTURES = {
+    "brats2021": lambda r: fx.write_brats(r, 2021),
+    "brats2020:t1ce": lambda r: fx.write_brats(r, 2020, ext=".nii"),
+    "decathlon_brain:t2": fx.write_decathlon,
+    "chest_xray": fx.write_chest_xray,
+    "medmnist:toymnist_28": fx.write_medmnist,
+    "medmnist:toymnist_64": lambda r: fx.write_medmnist(r, "toymnist_64", size=64, colour=True),
+    "medmnist:organmnist3d": lambda r: fx.write_medmnist(r, "organmnist3d", volumes=True),
+    "nih_cxr14": fx.write_nih,
+    "folder": fx.write_png_folder,
+    "folder:nifti": fx.write_nifti_folder,
+}
+
+
+def cfg_for(dataset: str, **kw) -> RunConfig:
+    return RunConfig(dataset=dataset.replace(":nifti", ""), dataset_size=8, holdout_size=8, **kw)
+
+
+@pytest.mark.parametrize("dataset", list(LAYOUT_FIXTURES))
+def test_every_layout_gives_cohort_like_sets_split_by_patient(dataset, tmp_path):
+    root = LAYOUT_FIXTURES[dataset](tmp_path / "data")
+    sets = load_sets(cfg_for(dataset), root=root)
+    for part in (sets.train, sets.holdout):
+        assert part.images.shape == (8, 1, 32, 32) and part.images.dtype == np.float32
+        assert 0 <= part.images.min() and part.images.max() <= 1 and part.images.std() > 0
+        assert len(part.slice_index) == len(part.has_lesion) == 8
+    # patient level: the four shares are disjoint, and train/holdout images come from their share
+    shares = [set(sets.split[s].tolist()) for s in SPLITS]
+    assert sum(map(len, shares)) == len(set().union(*shares)) == sets.info["n_patients"]
+    assert set(sets.train.patient_id) <= shares[0] and set(sets.holdout.patient_id) <= shares[1]
+    assert sets.info["train_files"] and sets.info["patient_ids"]
+
+
+def test_patient_ids_are_the_data_sets_own_where_it_has_them(tmp_path):
+    sets = load_sets(cfg_for("nih_cxr14"), root=fx.write_nih(tmp_path))
+    keys = sets.info["patient_keys"]
+    assert sets.info["has_patient_ids"] and keys[sets.train.patient_id[0]].isdigit()
+    # several films of one patient are used together: 3 per patient, up to slices_per_patient
+    assert np.bincount(sets.train.patient_id).max() == 3
+    assert any("not on disk" in n for n in sets.info["notes"])  # the partial download is said
+    chest = load_sets(cfg_for("chest_xray"), root=fx.write_chest_xray(tmp_path / "cx"))
+    assert not chest.info["has_patient_ids"] and "each normal image is its own" in chest.info["patient_ids"]
+
+
+def test_a_person_in_two_shipped_folders_stays_one_patient(tmp_path):
+    root = fx.write_chest_xray(tmp_path)
+    src = root / "chest_xray" / "train" / "PNEUMONIA" / "person1_bacteria_0.jpeg"
+    (root / "chest_xray" / "test" / "PNEUMONIA").mkdir(parents=True, exist_ok=True)
+    src.rename(root / "chest_xray" / "test" / "PNEUMONIA" / src.name)
+    pool = read_pool("chest_xray", root)
+    assert len([p for p in pool.patients if p.key == "person1"][0].items) == 2
+
+
+def test_slices_are_neighbours_with_enough_foreground(tmp_path):
+    root = fx.write_brats(tmp_path, n=10)
+    sets = load_sets(cfg_for("brats2021"), root=root)
+    volume = fx.head(0)
+    coverage = foreground(volume).mean(axis=(0, 1))
+    for pid in np.unique(sets.train.patient_id):
+        index = sets.train.slice_index[sets.train.patient_id == pid]
+        assert np.all(np.diff(index) == 1)  # neighbouring slices, as in the cohort
+        assert np.all(coverage[index] >= MIN_FOREGROUND)
+    assert coverage.min() < MIN_FOREGROUND  # the rule had slices to drop
+    assert sets.train.has_lesion.any() and not sets.train.has_lesion.all()  # from the seg file
+
+
+def test_a_users_split_file_decides_the_shares(tmp_path):
+    root = fx.write_brats(tmp_path, n=10)
+    names = [f"BraTS2021_{i:05d}" for i in range(10)]
+    (root / SPLIT_FILE).write_text(json.dumps({"train": names[:2], "holdout": names[2:4],
+                                               "test": names[4:]}))
+    sets = load_sets(cfg_for("brats2021"), root=root)
+    keys = sets.info["patient_keys"]
+    assert sorted(keys[i] for i in set(sets.train.patient_id)) == names[:2]
+    assert sorted(keys[i] for i in set(sets.holdout.patient_id)) == names[2:4]
+    assert sets.info["split_from"] == f"the split file {SPLIT_FILE}"
+
+
+def test_replicates_draw_other_patients_and_training_sets_nest(tmp_path):
+    root = fx.write_nih(tmp_path, patients=30)
+    small = load_sets(cfg_for("nih_cxr14", slices_per_patient=2), root=root)
+    large = load_sets(cfg_for("nih_cxr14", slices_per_patient=2).replace(dataset_size=16), root=root)
+    other = load_sets(cfg_for("nih_cxr14", slices_per_patient=2, seed=1), root=root)
+    assert np.array_equal(large.train.patient_id[:8], small.train.patient_id)
+    assert set(other.train.patient_id) != set(small.train.patient_id)
+
+
+def test_a_tree_under_spaces_and_non_ascii_characters_works(tmp_path):
+    root = fx.write_brats(tmp_path / "mes données" / "BraTS 2021 – copie", n=10)
+    assert load_sets(cfg_for("brats2021"), root=root).train.images.shape == (8, 1, 32, 32)
+
+
+def test_the_data_root_comes_from_the_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("MEMSTUDY_DATA", str(fx.write_decathlon(tmp_path)))
+    assert len(load_sets(cfg_for("decathlon_brain")).train) == 8
+
+
+def test_every_layout_is_documented_in_the_book():
+    from pathlib import Path
+
+    page = (Path(__file__).resolve().parents[1] / "book" / "data.md").read_text()
+    for name, layout in LAYOUTS.items():
+        assert f"dataset={name}" in page.replace(":", "=", 0) or name in page, name
+        assert layout.split(" ")[0].split(",")[0] in page, layout
