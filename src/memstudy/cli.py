@@ -19,6 +19,7 @@ examples:
   memstudy grid run smoke             3 CPU cells of a few seconds each
   memstudy report                     tables of every grid run so far (seconds)
   memstudy cell                       one smoke cell, no notebook (seconds)
+  memstudy course build               the course's student notebooks and solutions (a second)
 see `memstudy COMMAND --help` for each command's options and cost.
 """
 
@@ -140,6 +141,10 @@ def build_parser() -> argparse.ArgumentParser:
     release.add_argument("--detector", default="contrastive", help="detector whose flags are dropped")
     release.add_argument("--out-dir", type=Path, default=None, help="default: RUN_DIR/release")
     release.set_defaults(func=_filter)
+
+    from .course.build import add_parser as add_course  # the teaching module: `memstudy course`
+
+    add_course(commands)
 
     validate = commands.add_parser(
         "validate", help="validate the copy detectors against planted copies (known truth)",
