@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, get_type_hints
 
 AUGMENTATIONS = ("none", "flip_rotate", "strong")
+AUTOENCODERS = ("shared", "per_cell")  # where ldm's stage 1 comes from (RunConfig.autoencoder)
 UNET_PRESETS = ("XS", "S", "M", "L")
 MODELS = ("ldm", "pixel_dm", "autoencoder", "gan")
 DETECTORS = ("contrastive", "pixel", "nn_ratio", "ssim", "external")  # see memstudy.detect.factory
@@ -27,11 +28,6 @@ DETECTORS = ("contrastive", "pixel", "nn_ratio", "ssim", "external")  # see mems
 SPLITS = ("train", "holdout", "test", "reference")
 SPLIT_FRACTIONS = (0.5, 0.2, 0.15, 0.15)
 DATASETS = ("cohort", "medmnist:<flag>")  # medmnist reads $MEMSTUDY_DATA/<flag>.npz
-# Local real data sets (memstudy.data.readers), read from $MEMSTUDY_DATA; "name:option" picks
-# a sequence/channel where the layout has several (e.g. "brats2021:t1ce").
-REAL_DATASETS = {"brats2020": ("flair", "t1", "t1ce", "t2"), "brats2021": ("flair", "t1", "t1ce", "t2"),
-                 "decathlon_brain": ("flair", "t1", "t1gd", "t2"), "chest_xray": (),
-                 "nih_cxr14": (), "folder": (), "medmnist": None}  # None: the option is required
 
 
 class ConfigError(ValueError):
@@ -67,6 +63,10 @@ class RunConfig:
     ae_lr: float = 1e-3  # autoencoder learning rate
     kl_weight: float = 1e-6  # weight of the KL term in the autoencoder loss
     adversarial_weight: float = 0.0  # >0 adds MONAI's PatchDiscriminator (slower, sharper)
+    autoencoder: str = "per_cell"  # ldm's stage 1: "per_cell" = on this cell's training set;
+    #   "shared" = once on reference-share patients, cached and reused by every cell with the same
+    #   stage-1 settings (as a pretrained LDM autoencoder is; the presets use it). The default
+    #   keeps older run folders' meaning. The "autoencoder" family always trains its own.
 
     # --- diffusion training -----------------------------------------------------------
     augmentation: str = "none"  # "none" | "flip_rotate" | "strong" (affine + intensity)
@@ -89,8 +89,6 @@ class RunConfig:
     tau_percentile: float = 95.0  # tau = this percentile of train->holdout max similarity
     membership: bool = True  # loss-based membership inference at each checkpoint (diffusion)
     device: str = "auto"  # "auto" = CUDA when available, else CPU
-    show_patient_images: bool = False  # real data only: also draw figures showing patient
-    #                                    pixels (galleries, training examples); off by default
 
     # ----------------------------------------------------------------------------------
     @classmethod
@@ -118,9 +116,12 @@ class RunConfig:
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` on the first value that cannot work, saying what to do."""
-        _check_dataset(self.dataset)
+        if self.dataset != "cohort" and not (self.dataset.startswith("medmnist:") and self.dataset[9:]):
+            raise ConfigError(f"dataset={self.dataset!r} is not one of {', '.join(DATASETS)} "
+                              "(e.g. 'medmnist:organamnist_64' for $MEMSTUDY_DATA/organamnist_64.npz).")
         _choice("model", self.model, MODELS)
         _choice("augmentation", self.augmentation, AUGMENTATIONS)
+        _choice("autoencoder", self.autoencoder, AUTOENCODERS)
         _choice("unet_preset", self.unet_preset, UNET_PRESETS)
         for name in self.detectors:
             _choice("detectors", name, DETECTORS)
@@ -169,12 +170,6 @@ class RunConfig:
 
     # ----------------------------------------------------------------------------------
     @property
-    def may_show_patient_images(self) -> bool:
-        """Figures of training/holdout pixels are drawn for the generated cohort, and for real
-        data only when ``show_patient_images`` opts in (a published book must not leak them)."""
-        return self.dataset == "cohort" or self.show_patient_images
-
-    @property
     def eval_steps(self) -> tuple[int, ...]:
         """Sorted training lengths at which the model is sampled and measured."""
         if self.model == "autoencoder":  # measured once, at the end of stage 1
@@ -197,19 +192,6 @@ class RunConfig:
 
     def replace(self, **changes: Any) -> "RunConfig":
         return RunConfig.from_params({**self.to_dict(), **changes})
-
-
-def _check_dataset(dataset: str) -> None:
-    """``cohort``, ``medmnist:<flag>`` or a local layout, with a valid option if any."""
-    name, sep, option = dataset.partition(":")
-    options = REAL_DATASETS.get(name, ())
-    valid = (dataset == "cohort" or (name in REAL_DATASETS and (
-        (options is None and option) or (options is not None and (not sep or option in options)))))
-    if not valid:
-        forms = ", ".join([*DATASETS, *(f"{n}[:{'|'.join(o)}]" if o else n
-                                        for n, o in REAL_DATASETS.items() if o is not None)])
-        raise ConfigError(f"dataset={dataset!r} is not one of {forms} (e.g. 'brats2021', "
-                          "'medmnist:organamnist_64' for $MEMSTUDY_DATA/organamnist_64.npz).")
 
 
 def _choice(name: str, value: str, valid: tuple[str, ...]) -> None:

@@ -21,30 +21,43 @@ from monai.metrics import FIDMetric, MultiScaleSSIMMetric
 from ..config import RunConfig
 from ..data.sets import patient_slices, patient_split
 from ..detect.contrastive import ContrastiveDetector
-from ..runio import cache_root
+from ..models.shared import locked
+from ..runio import cache_file
+from ..timing import timed
 
 FEATURE_PATIENTS = 64  # reference-share patients (never a cell's) the feature encoder learns from
 FEATURE_STEPS = 200
 PAIRS = 256  # random pairs for MS-SSIM diversity
 
 
+@timed("quality_ruler")
 def feature_encoder(cfg: RunConfig, device: str, cache_dir: Path | None = None) -> ContrastiveDetector:
-    """The shared in-domain feature network, trained once per (data seed, image size, pool)."""
-    key = f"fd_encoder_seed{cfg.data_seed}_px{cfg.image_size}_spp{cfg.slices_per_patient}_pool{cfg.cohort_patients}_steps{FEATURE_STEPS}"
-    cache = (cache_dir or cache_root()) / f"{key}.pt"
+    """The shared in-domain feature network, trained once per key (``runio.cache_file``):
+    data set, pool, image size, the patients it learns from and its budget.
+    ``cache_dir`` overrides where the file goes (the key still names it)."""
+    key = {"dataset": cfg.dataset, "data_seed": cfg.data_seed, "image_size": cfg.image_size,
+           "slices_per_patient": cfg.slices_per_patient, "cohort_patients": cfg.cohort_patients,
+           "patients": FEATURE_PATIENTS, "steps": FEATURE_STEPS, "dim": 64, "batch_size": 32,
+           "seed": 0, "device_type": "cuda" if device.startswith("cuda") else "cpu"}
+    cache = cache_file("fd_encoder", key, ".pt")
+    if cache_dir is not None:
+        cache = Path(cache_dir) / cache.name
     encoder = ContrastiveDetector(dim=64, steps=FEATURE_STEPS, batch_size=32, seed=0, device=device,
                                   cache=cache)
-    if cache.exists():  # trained by an earlier cell: its training slices are not needed
-        return encoder.fit(None)
-    ids = patient_split(cfg)["reference"][:FEATURE_PATIENTS]
-    return encoder.fit(torch.from_numpy(patient_slices(ids, cfg).images))
+    with locked(cache.with_suffix(".lock")):  # two cells starting at once train it once
+        if cache.exists():  # trained by an earlier cell: its training slices are not needed
+            return encoder.fit(None)
+        ids = patient_split(cfg)["reference"][:FEATURE_PATIENTS]
+        return encoder.fit(torch.from_numpy(patient_slices(ids, cfg).images))
 
 
+@timed("quality")
 def frechet_distance(encoder: ContrastiveDetector, gen: torch.Tensor, real: torch.Tensor) -> float:
     """Fréchet distance between the feature distributions of two image sets."""
     return float(FIDMetric()(encoder.embed(gen).double(), encoder.embed(real).double()))
 
 
+@timed("quality")
 def ms_ssim_diversity(images: torch.Tensor, seed: int = 0, pairs: int = PAIRS) -> float:
     """Mean MS-SSIM over random distinct pairs; fewer scales for small images."""
     n = len(images)

