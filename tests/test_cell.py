@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 import memstudy.pipeline.cell as cell
 from memstudy.config import ConfigError, RunConfig
@@ -77,8 +78,50 @@ def test_every_model_family_runs_a_cell(model, tmp_path):
     assert images.shape == (cfg.num_gen, 1, 32, 32) and 0 <= images.min() and images.max() <= 1
 
 
-@pytest.mark.parametrize("changes", [{"ema_decay": 0.99}, {"adversarial_weight": 0.1}])
-def test_optional_training_features_run(changes, tmp_path):
-    """EMA weights sample the model; the PatchDiscriminator joins stage 1."""
-    metrics = cell.run_cell(CFG.replace(**changes), tmp_path, progress=False)
-    assert len(metrics["rows"]) == 4 and metrics["autoencoder_recon_pearson_holdout"] > 0
+def test_ema_weights_sample_the_model(tmp_path, monkeypatch):
+    """With ``ema_decay`` the sampler is the averaged network, and it differs from the raw one."""
+    import memstudy.models.train as train
+
+    gaps = []
+    real_sample = train.DiffusionTraining.sample
+
+    def spy(self, *args, **kwargs):
+        sampler = self.denoiser()
+        assert sampler is not self.unet, "EMA is on but the raw weights sample"
+        gaps.append(max((e - r).abs().max().item()
+                        for e, r in zip(sampler.parameters(), self.unet.parameters())))
+        return real_sample(self, *args, **kwargs)
+
+    monkeypatch.setattr(train.DiffusionTraining, "sample", spy)
+    metrics = cell.run_cell(CFG.replace(ema_decay=0.99), tmp_path, progress=False)
+    assert len(metrics["rows"]) == 4
+    assert len(gaps) == len(CFG.replace(ema_decay=0.99).eval_steps)  # one per checkpoint
+    assert min(gaps) > 1e-4, gaps  # an average over 10-20 steps is not the last step's weights
+
+
+def test_patch_discriminator_trains_with_stage_1(tmp_path, monkeypatch):
+    """With ``adversarial_weight`` a PatchDiscriminator is built and learns during stage 1."""
+    import sys
+
+    import memstudy.models.networks as networks
+
+    real_build = networks.build_discriminator
+    built = []
+
+    def spy(*args, **kwargs):
+        disc = real_build(*args, **kwargs)
+        built.append((disc, {k: v.detach().clone() for k, v in disc.state_dict().items()}))
+        return disc
+
+    # Patch every memstudy module that imported the builder by name.
+    for name, module in list(sys.modules.items()):
+        if name.startswith("memstudy") and getattr(module, "build_discriminator", None) is real_build:
+            monkeypatch.setattr(module, "build_discriminator", spy)
+    metrics = cell.run_cell(CFG.replace(adversarial_weight=0.1), tmp_path, progress=False)
+    assert metrics["autoencoder_recon_pearson_holdout"] > 0
+    assert len(built) == 1, "no PatchDiscriminator was built for stage 1"
+    disc, before = built[0]
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in disc.parameters()), \
+        "the discriminator received no gradients"
+    after = disc.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before), "its weights never changed"

@@ -1,8 +1,6 @@
 """The added detectors (nn_ratio, ssim, external) and patient-level memorization, on cases
 whose answers are known by hand."""
 
-import time
-
 import numpy as np
 import pytest
 import torch
@@ -96,13 +94,14 @@ def test_pairwise_ssim_equals_monai_and_does_not_depend_on_chunks(slices):
     assert torch.allclose(pairwise_ssim(q, r, max_floats=1), mine, atol=1e-6)
 
 
-def test_ssim_is_fast_enough_for_64_by_64_pairs_at_32px(slices):
+def test_ssim_nearest_is_the_best_pair_of_the_full_matrix(slices):
+    # Speed belongs to benchmarks; here: the chunked search returns the brute-force answer.
     a, b = slices
-    pairwise_ssim(a, b)  # warm-up
-    tic = time.perf_counter()
     sims, idx = SSIMDetector().nearest(a, b)
-    assert time.perf_counter() - tic < 1.0  # ~0.1 s on one core
+    full = pairwise_ssim(a, b)
     assert sims.shape == idx.shape == (64, 1)
+    assert torch.allclose(torch.as_tensor(sims)[:, 0], full.max(dim=1).values, atol=1e-5)
+    assert (torch.as_tensor(idx)[:, 0] == full.argmax(dim=1)).all()
 
 
 def test_ssim_detector_flags_planted_copies_with_holdout_tau(slices):
