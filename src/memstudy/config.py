@@ -17,7 +17,8 @@ from typing import Any, get_type_hints
 AUGMENTATIONS = ("none", "flip_rotate", "strong")
 AUTOENCODERS = ("shared", "per_cell")  # where ldm's stage 1 comes from (RunConfig.autoencoder)
 UNET_PRESETS = ("XS", "S", "M", "L")
-MODELS = ("ldm", "pixel_dm", "autoencoder", "gan")
+MODELS = ("ldm", "pixel_dm", "autoencoder", "gan",
+          "control_positive", "control_negative")  # controls: see memstudy.models.controls
 DETECTORS = ("contrastive", "pixel", "nn_ratio", "ssim", "external")  # see memstudy.detect.factory
 # The patient pool is split once, by patient, into four shares (memstudy.data.splits):
 # - train: cells draw their training patients from it;
@@ -48,6 +49,8 @@ class RunConfig:
     image_size: int = 32  # square slice size in pixels (32, 64 or 128 for the cohort)
     dataset_size: int = 8  # number of training slices the generative model sees
     slices_per_patient: int = 4  # neighbouring axial slices taken from each patient volume
+    slice_spacing: float = 0.0  # distance of neighbouring slices (normalised z, range 0.7 high);
+    #                             0 spreads them over the whole range (data.cohort.slice_positions)
     holdout_size: int = 16  # held-out slices (other patients) that calibrate tau
     cohort_patients: int = 600  # size of the generated patient pool that splits are drawn from
     data_seed: int = 0  # seeds the generated anatomy and the patient split (the *pool*); the
@@ -139,6 +142,11 @@ class RunConfig:
                 f"image_size {self.image_size} must be divisible by {4 * factor} (the autoencoder "
                 f"downsamples by {factor} and the latent UNet by up to 4): try 32, 64 or 128."
             )
+        if self.slice_spacing < 0 or self.slice_spacing * (self.slices_per_patient - 1) > 0.7:
+            raise ConfigError(
+                f"slice_spacing {self.slice_spacing} x {self.slices_per_patient - 1} gaps does not fit "
+                "the 0.7-high slice range: use 0 (spread) or at most "
+                f"{0.7 / max(self.slices_per_patient - 1, 1):.3f}.")
         if self.dataset_size % self.slices_per_patient:
             raise ConfigError(
                 f"dataset_size {self.dataset_size} must be a multiple of slices_per_patient "
@@ -172,7 +180,8 @@ class RunConfig:
     @property
     def eval_steps(self) -> tuple[int, ...]:
         """Sorted training lengths at which the model is sampled and measured."""
-        if self.model == "autoencoder":  # measured once, at the end of stage 1
+        if self.model in ("autoencoder", "control_positive", "control_negative"):
+            # measured once, at the end of stage 1
             return (self.ae_steps,)
         return tuple(sorted(set(self.checkpoints) | {self.train_steps}))
 

@@ -812,13 +812,18 @@ def _single_threaded_blas():
     return threadpool_limits(limits=1, user_api="blas")
 
 
-def slice_positions(slices_per_patient: int) -> np.ndarray:
+def slice_positions(slices_per_patient: int, spacing: float = 0.0) -> np.ndarray:
     """Heights (normalised z) of the slices of each patient, inferior first.
 
     Parameters
     ----------
     slices_per_patient : int
-        Number of slices; they are evenly spaced over :data:`Z_RANGE`.
+        Number of slices.
+    spacing : float
+        0 (default): the slices are evenly spread over :data:`Z_RANGE`, however many there
+        are. > 0: neighbouring slices are ``spacing`` apart (normalised z; the range is 0.7
+        high), centred in the range, as consecutive slices of a scan are; Akbar et al.'s
+        slices-per-patient question needs slices that stay close as their number grows.
 
     Returns
     -------
@@ -827,8 +832,14 @@ def slice_positions(slices_per_patient: int) -> np.ndarray:
     """
     if slices_per_patient < 1:
         raise ValueError(f"slices_per_patient must be >= 1, got {slices_per_patient}")
+    if spacing < 0 or spacing * (slices_per_patient - 1) > Z_RANGE[1] - Z_RANGE[0]:
+        raise ValueError(
+            f"spacing {spacing} x {slices_per_patient - 1} gaps does not fit in Z_RANGE {Z_RANGE}: "
+            f"use a spacing in [0, {(Z_RANGE[1] - Z_RANGE[0]) / max(slices_per_patient - 1, 1):.3f}]")
     if slices_per_patient == 1:
         return np.array([np.mean(Z_RANGE)])
+    if spacing > 0:
+        return np.mean(Z_RANGE) + spacing * (np.arange(slices_per_patient) - (slices_per_patient - 1) / 2)
     return np.linspace(Z_RANGE[0], Z_RANGE[1], slices_per_patient)
 
 
@@ -839,6 +850,7 @@ def make_cohort(
     seed: int = 0,
     lesion_fraction: float = 0.3,
     first_patient: int = 0,
+    slice_spacing: float = 0.0,
 ) -> Cohort:
     """Generate axial slices of patients ``first_patient .. first_patient + n_patients - 1``.
 
@@ -861,6 +873,9 @@ def make_cohort(
         of the default four.
     first_patient : int
         Id of the first patient.
+    slice_spacing : float
+        Distance between neighbouring slices (normalised z); 0 spreads them over the whole
+        range (see :func:`slice_positions`).
 
     Returns
     -------
@@ -874,7 +889,7 @@ def make_cohort(
         )
     if not 0.0 <= lesion_fraction <= 1.0:
         raise ValueError(f"lesion_fraction must be in [0, 1], got {lesion_fraction}")
-    z = slice_positions(slices_per_patient)
+    z = slice_positions(slices_per_patient, slice_spacing)
     images = np.empty((n_patients, slices_per_patient, 1, image_size, image_size), np.float32)
     lesion = np.zeros((n_patients, slices_per_patient), dtype=bool)
     with _single_threaded_blas():

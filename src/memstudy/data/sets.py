@@ -42,7 +42,7 @@ def patient_split(cfg: RunConfig) -> dict[str, np.ndarray]:
 def patient_slices(ids: np.ndarray, cfg: RunConfig) -> Cohort:
     """The slices of the given generated patients, in the order of ``ids``."""
     parts = [make_cohort(1, cfg.image_size, cfg.slices_per_patient, seed=cfg.data_seed,
-                         first_patient=int(p)) for p in ids]
+                         first_patient=int(p), slice_spacing=cfg.slice_spacing) for p in ids]
     return Cohort(*(np.concatenate([getattr(c, f) for c in parts])
                     for f in ("images", "patient_id", "slice_index", "has_lesion")))
 

@@ -285,4 +285,8 @@ def make_training(cfg: RunConfig, train: torch.Tensor, device: str, run_dir: Pat
             ae, _ = shared_autoencoder(cfg, device, progress)
         else:
             ae = train_autoencoder(cfg, train, device, run_dir, progress)
+    if cfg.model.startswith("control_"):  # no training: known answers for the rulers
+        from .controls import make_control
+
+        return make_control(cfg, ae, train, device)
     return DiffusionTraining(cfg, ae, train, device, run_dir)

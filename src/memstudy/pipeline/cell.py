@@ -20,6 +20,7 @@ Running it again on the same folder resumes: finished checkpoints are not redone
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 
@@ -36,7 +37,9 @@ from ..detect.base import Detector
 from ..detect.factory import make_detector
 from ..metrics.patient import patient_level
 from ..metrics.scoring import score
-from ..metrics.membership import membership_inference
+from ..metrics.evidence import checkpoint_evidence, membership_evidence
+from ..metrics.membership import attack, denoising_losses
+from ..models.controls import null_set
 from ..models.networks import build_train_scheduler
 from ..detect.neighbors import pearson_rows
 from ..runio import (environment, is_complete, read_json, read_jsonl, results_root, save_atomic,
@@ -86,6 +89,11 @@ def run_cell(cfg: RunConfig, run_dir: str | Path | None = None, progress: bool =
         **{k: v.tolist() for k, v in sets.split.items()},
         "train_used": np.unique(sets.train.patient_id).tolist(),
         "holdout_used": np.unique(sets.holdout.patient_id).tolist()})
+    # Never-seen (test-share) slices: the null of every rate (metrics.evidence)
+    null = null_set(cfg) if cfg.dataset == "cohort" and getattr(cfg, "spatial_dims", 2) == 2 else None
+    if null is not None:
+        write_json_atomic(run_dir / "split.json", {**read_json(run_dir / "split.json"),
+                                                   "null_used": np.unique(null.patient_id).tolist()})
     train, holdout = sets.tensors()
     source = f"run {run_dir.name}"
     figures.save(plot_cohort(sets.train, n_patients=min(4, len(sets.train) // cfg.slices_per_patient)),
@@ -94,6 +102,11 @@ def run_cell(cfg: RunConfig, run_dir: str | Path | None = None, progress: bool =
     training = make_training(cfg, train, device, run_dir, progress)
     space = getattr(training, "space", None)  # the autoencoder, for the families that have one
     recon_r = _recon_pearson(space, holdout, device) if isinstance(space, Autoencoder) else None
+    null_raw = null  # the membership attack scores images as they are
+    if null is not None and isinstance(space, Autoencoder):
+        # A latent model's samples all pass through the decoder, whose blur alone raises pixel
+        # correlations: the null of such a cell is never-seen slices through the same round trip.
+        null = replace_images(null, _round_trip(space, null.images, device))
     ruler = quality.feature_encoder(cfg, device)
     with part("detectors_fit"):
         detectors = [make_detector(name, dim=cfg.encoder_dim, steps=cfg.encoder_steps, seed=cfg.seed,
@@ -101,7 +114,7 @@ def run_cell(cfg: RunConfig, run_dir: str | Path | None = None, progress: bool =
                      for name in cfg.detectors]
 
     def on_checkpoint(step: int, model) -> None:
-        evaluate_checkpoint(cfg, step, model, sets, detectors, ruler, run_dir, source)
+        evaluate_checkpoint(cfg, step, model, sets, detectors, ruler, run_dir, source, null, null_raw)
 
     training.run(on_checkpoint, progress)
 
@@ -119,7 +132,7 @@ def run_cell(cfg: RunConfig, run_dir: str | Path | None = None, progress: bool =
 
 
 def evaluate_checkpoint(cfg: RunConfig, step: int, model, sets: Sets, detectors: list[Detector],
-                        ruler, run_dir: Path, source: str) -> None:
+                        ruler, run_dir: Path, source: str, null=None, null_raw=None) -> None:
     """Sample the synthetic set of one checkpoint; score its quality, diversity and copies."""
     out = run_dir / "eval" / f"step_{step:06d}.json"
     if out.exists():
@@ -128,7 +141,7 @@ def evaluate_checkpoint(cfg: RunConfig, step: int, model, sets: Sets, detectors:
     save_atomic(lambda p: np.savez_compressed(p, images=gen.numpy().astype(np.float16)),
                 run_dir / "samples" / f"step_{step:06d}.npz")
     train, holdout = sets.tensors()
-    attack = _membership(cfg, model, train, holdout, step)
+    attack = _membership(cfg, model, sets, step, null_raw, run_dir)
     shared = {"fd": quality.frechet_distance(ruler, gen, holdout),
               "ms_ssim_gen": quality.ms_ssim_diversity(gen, seed=step),
               "ms_ssim_real": quality.ms_ssim_diversity(holdout, seed=step)}
@@ -139,8 +152,13 @@ def evaluate_checkpoint(cfg: RunConfig, step: int, model, sets: Sets, detectors:
                     run_dir / "eval" / f"step_{step:06d}_{det.name}.npz")
         patients = patient_level(found.sim_gen_train, found.nn_gen_train, sets.train.patient_id,
                                  found.sim_holdout_train, sets.holdout.patient_id)
-        rows.append({"step": step, "detector": det.name, **found.result.as_dict(),
-                     **patients.as_dict(), **shared, **attack})
+        evidence = {} if null is None else checkpoint_evidence(
+            det, found, train, holdout, gen, torch.from_numpy(null.images), sets.train.patient_id,
+            sets.holdout.patient_id, null.patient_id, cfg.tau_percentile, seed=cfg.seed + step)
+        # passes over each training image: the confound of the dataset-size axis
+        epochs = step * min(cfg.batch_size, len(train)) / len(train)
+        rows.append({"step": step, "epochs": epochs, "detector": det.name, **found.result.as_dict(),
+                     **patients.as_dict(), **shared, **attack, **evidence})
         name = f"step{step:06d}_{det.name}"
         figures.save(figures.similarity_histogram(
             found.sim_gen_train, found.sim_holdout_train, found.result.tau, det.similarity,
@@ -157,16 +175,47 @@ def evaluate_checkpoint(cfg: RunConfig, step: int, model, sets: Sets, detectors:
     write_json_atomic(out, rows)
 
 
-def _membership(cfg: RunConfig, model, train: torch.Tensor, holdout: torch.Tensor, step: int) -> dict:
+def _membership(cfg: RunConfig, model, sets: Sets, step: int, null=None,
+                run_dir: Path | None = None) -> dict:
     """Loss-based membership inference (diffusion families only): train vs holdout denoising
-    losses at fixed timesteps and noise. Returns ``mia_*`` columns, empty for other families."""
+    losses at fixed timesteps and noise. Returns ``mia_*`` columns, empty for other families.
+
+    With never-seen slices (``null``), they join the non-members, the attack gets its null and
+    intervals (:func:`memstudy.metrics.evidence.membership_evidence`), and the per-slice losses
+    are kept in ``eval/step_XXXXXX_membership.npz`` for the per-patient audit."""
     if not (cfg.membership and isinstance(model, DiffusionTraining)):
         return {}
+    train, holdout = sets.tensors()
     device = next(model.denoiser().parameters()).device
-    found = membership_inference(model.denoiser(), build_train_scheduler(cfg),
-                                 model.space.encode(train.to(device)),
-                                 model.space.encode(holdout.to(device)), seed=cfg.seed + step)
-    return {f"mia_{k}": v for k, v in found.items()}
+    sets_ = [("train", train), ("holdout", holdout)]
+    if null is not None:
+        sets_.append(("null", torch.from_numpy(null.images)))
+    # one seed for every set: members and non-members are scored under the same noise
+    losses = {name: denoising_losses(model.denoiser(), build_train_scheduler(cfg),
+                                     model.space.encode(x.to(device)), seed=cfg.seed + step).numpy()
+              for name, x in sets_}
+    out = {f"mia_{k}": v for k, v in attack(losses["train"], losses["holdout"]).items()}
+    if null is None:
+        return out
+    if run_dir is not None:
+        save_atomic(lambda p: np.savez_compressed(p, **{f"loss_{k}": v for k, v in losses.items()},
+                                                  train_pid=sets.train.patient_id),
+                    run_dir / "eval" / f"step_{step:06d}_membership.npz")
+    return {**out, **membership_evidence(losses["train"], losses["holdout"], losses["null"],
+                                         sets.train.patient_id, sets.holdout.patient_id,
+                                         null.patient_id, seed=cfg.seed + step)}
+
+
+@torch.no_grad()
+def _round_trip(ae, images: np.ndarray, device: str) -> np.ndarray:
+    """Images through the autoencoder and back, as a latent model's decoder would show them."""
+    x = torch.from_numpy(images).to(device)
+    return ae.decode(ae.encode(x)).float().clamp(0, 1).cpu().numpy()
+
+
+def replace_images(cohort, images: np.ndarray):
+    """The same slices (ids, positions) with other pixels."""
+    return dataclasses.replace(cohort, images=images)
 
 
 @torch.no_grad()
