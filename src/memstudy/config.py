@@ -19,7 +19,12 @@ AUTOENCODERS = ("shared", "per_cell")  # where ldm's stage 1 comes from (RunConf
 UNET_PRESETS = ("XS", "S", "M", "L")
 MODELS = ("ldm", "pixel_dm", "autoencoder", "gan",
           "control_positive", "control_negative")  # controls: see memstudy.models.controls
-DETECTORS = ("contrastive", "pixel", "nn_ratio", "ssim", "external")  # see memstudy.detect.factory
+DETECTORS = ("contrastive", "pixel", "nn_ratio", "ssim", "external",
+             "contrastive3d")  # see memstudy.detect.factory
+# Detectors that compare whole volumes (3D cells): contrastive3d is Dar et al.'s 3D encoder; the
+# others flatten their input. contrastive, ssim and external work on 2D slices only.
+DETECTORS_3D = ("contrastive3d", "pixel", "nn_ratio")
+MODELS_3D = ("ldm", "pixel_dm", "autoencoder")  # the GAN is 2D only
 # The patient pool is split once, by patient, into four shares (memstudy.data.splits):
 # - train: cells draw their training patients from it;
 # - holdout: cells draw the held-out patients that calibrate tau and act as non-members;
@@ -47,6 +52,8 @@ class RunConfig:
     dataset: str = "cohort"  # "cohort" (embedded, generated) or "medmnist:<flag>", e.g.
     #                          "medmnist:organamnist_64" = $MEMSTUDY_DATA/organamnist_64.npz
     image_size: int = 32  # square slice size in pixels (32, 64 or 128 for the cohort)
+    spatial_dims: int = 2  # 2: axial slices; 3: one image_size**3 volume per patient (cohort
+    #                        only; the patients are those the same 2D cell draws)
     dataset_size: int = 8  # number of training slices the generative model sees
     slices_per_patient: int = 4  # neighbouring axial slices taken from each patient volume
     slice_spacing: float = 0.0  # distance of neighbouring slices (normalised z, range 0.7 high);
@@ -123,6 +130,13 @@ class RunConfig:
             raise ConfigError(f"dataset={self.dataset!r} is not one of {', '.join(DATASETS)} "
                               "(e.g. 'medmnist:organamnist_64' for $MEMSTUDY_DATA/organamnist_64.npz).")
         _choice("model", self.model, MODELS)
+        if self.spatial_dims == 3:
+            self._validate_3d()
+        elif self.spatial_dims != 2:
+            raise ConfigError(f"spatial_dims must be 2 (slices) or 3 (volumes), got {self.spatial_dims}.")
+        elif "contrastive3d" in self.detectors:
+            raise ConfigError("detector 'contrastive3d' compares volumes: use it with spatial_dims=3, "
+                              "or 'contrastive' for slices.")
         _choice("augmentation", self.augmentation, AUGMENTATIONS)
         _choice("autoencoder", self.autoencoder, AUTOENCODERS)
         _choice("unet_preset", self.unet_preset, UNET_PRESETS)
@@ -175,6 +189,22 @@ class RunConfig:
         for name in ("lr", "ae_lr"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}.")
+
+    def _validate_3d(self) -> None:
+        """What a volume cell needs: volumes to read, 3D-capable models and detectors."""
+        if self.dataset != "cohort":
+            raise ConfigError(f"spatial_dims=3 needs volumes: only dataset='cohort' provides them "
+                              f"(got {self.dataset!r}); use spatial_dims=2 for {self.dataset!r}.")
+        if self.model not in MODELS_3D:
+            raise ConfigError(f"model={self.model!r} has no 3D version; with spatial_dims=3 use one of "
+                              f"{', '.join(MODELS_3D)}.")
+        flat = [d for d in self.detectors if d in DETECTORS and d not in DETECTORS_3D]
+        if flat:
+            raise ConfigError(f"detectors {flat} compare 2D slices; with spatial_dims=3 use "
+                              f"{', '.join(DETECTORS_3D)} (contrastive3d is Dar et al.'s 3D encoder).")
+        if self.image_size > 64:
+            raise ConfigError(f"image_size={self.image_size} means {self.image_size}**3 volumes: too "
+                              "large for these models on one machine; use 32 (CPU) or 64 (GPU).")
 
     # ----------------------------------------------------------------------------------
     @property

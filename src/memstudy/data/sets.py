@@ -54,21 +54,33 @@ def load_sets(cfg: RunConfig, root: str | os.PathLike | None = None) -> Sets:
     every problem raises :class:`memstudy.data.readers.DataError` naming the file, so call
     this before any long work.
     """
+    if cfg.dataset == "cohort" and cfg.spatial_dims == 3:
+        from .volumes import volume_sets  # whole volumes of the same patients
+
+        return volume_sets(cfg)
     if cfg.dataset == "cohort":
         return _cohort_sets(cfg)
     return _real_sets(cfg, root)
 
 
-def _cohort_sets(cfg: RunConfig) -> Sets:
-    """Split the generated patient pool and build the training and holdout slices of ``cfg``."""
+def cell_patients(cfg: RunConfig) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+    """The pool split and the training and holdout patient ids ``cfg`` draws from it.
+
+    One function for slices and volumes, so a 2D and a 3D cell with the same settings train on
+    the same patients.
+    """
     split = patient_split(cfg)
     # The replicate (``seed``) picks which patients of the pool's shares this cell gets, so
     # replicates differ in their patients; within one seed the training sets stay nested.
     order = np.random.default_rng([cfg.data_seed, cfg.seed]).permutation
     n_train = cfg.dataset_size // cfg.slices_per_patient
     n_holdout = -(-cfg.holdout_size // cfg.slices_per_patient)  # ceil: enough whole patients
-    train_ids = order(split["train"])[:n_train]
-    holdout_ids = order(split["holdout"])[:n_holdout]
+    return split, order(split["train"])[:n_train], order(split["holdout"])[:n_holdout]
+
+
+def _cohort_sets(cfg: RunConfig) -> Sets:
+    """Split the generated patient pool and build the training and holdout slices of ``cfg``."""
+    split, train_ids, holdout_ids = cell_patients(cfg)
     holdout = patient_slices(holdout_ids, cfg)
     return Sets(train=patient_slices(train_ids, cfg), holdout=holdout.subset(np.arange(cfg.holdout_size)),
                 split=split)

@@ -48,6 +48,7 @@ class ContrastiveDetector(Detector):
     """Self-supervised encoder trained on the training set only (Dar et al.)."""
 
     name = "contrastive"
+    backbone = SmallEncoder  # the network class, built as backbone(dim); contrastive3d swaps it
     temperature = 0.07  # Dar et al.
     lr = 1e-3  # Dar et al. use 1e-4 over 200 epochs; a short CPU budget needs a larger step
 
@@ -60,7 +61,7 @@ class ContrastiveDetector(Detector):
     def fit(self, train: torch.Tensor | None) -> "ContrastiveDetector":
         """Train on ``train``, or load the cached weights; ``train`` may be None only then."""
         torch.manual_seed(self.seed)
-        self.encoder = SmallEncoder(self.dim).to(self.device)
+        self.encoder = self.backbone(self.dim).to(self.device)
         if self.cache is not None and self.cache.exists():
             self.encoder.load_state_dict(torch.load(self.cache, map_location=self.device))
             return self

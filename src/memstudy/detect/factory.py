@@ -9,6 +9,7 @@ from pathlib import Path
 from ..config import DETECTORS
 from .base import Detector
 from .contrastive import ContrastiveDetector
+from .contrastive3d import Contrastive3DDetector
 from .external import ExternalDetector
 from .nn_ratio import NNRatioDetector
 from .pixel import PixelDetector
@@ -31,6 +32,9 @@ def make_detector(name: str, *, dim: int = 128, steps: int = 300, seed: int = 0,
     if name == "contrastive":
         cache = None if cache_dir is None else Path(cache_dir) / "contrastive_encoder.pt"
         return ContrastiveDetector(dim=dim, steps=steps, seed=seed, device=device, cache=cache)
+    if name == "contrastive3d":  # Dar et al.'s 3D encoder: its own 32-d embedding, not ``dim``
+        cache = None if cache_dir is None else Path(cache_dir) / "contrastive3d_encoder.pt"
+        return Contrastive3DDetector(steps=steps, seed=seed, device=device, cache=cache)
     if name == "nn_ratio":
         return NNRatioDetector()
     if name == "ssim":

@@ -42,7 +42,9 @@ CONTRASTIVE_VIEW = AugmentSpec(flip_p=0.5, rotate_deg=5.0, rotate_p=0.5)
 
 
 class BatchAugment:
-    """Apply an :class:`AugmentSpec` to a batch ``(B, 1, H, W)`` of images in [0, 1]."""
+    """Apply an :class:`AugmentSpec` to a batch ``(B, 1, H, W)`` of images in [0, 1], or to a
+    batch ``(B, 1, D, H, W)`` of volumes: there each volume is rotated about all three axes
+    (each angle within +-rotate_deg), shifted along all three and flipped left-right."""
 
     def __init__(self, spec: AugmentSpec | str, generator: torch.Generator):
         self.spec = LEVELS[spec] if isinstance(spec, str) else spec
@@ -62,6 +64,8 @@ class BatchAugment:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.is_identity:
             return x
+        if x.dim() == 5:
+            return self._volumes(x)
         s, n = self.spec, x.shape[0]
         # Random numbers are always drawn on the CPU generator, in a fixed order, so a CPU and a
         # GPU run with the same seed see the same augmentations.
@@ -77,12 +81,43 @@ class BatchAugment:
             out = self._intensity(out)
         return out.clamp(0, 1)
 
+    def _volumes(self, x: torch.Tensor) -> torch.Tensor:
+        """The 3D branch of ``__call__``; the 2D draws above stay as they were (reproducibility)."""
+        s, n = self.spec, x.shape[0]
+        rotate = self._bernoulli(n, s.rotate_p)
+        angles = [self._uniform(n, math.radians(s.rotate_deg)) * rotate for _ in range(3)]
+        zoom = 1 + self._uniform(n, s.scale)
+        flip = 1 - 2 * self._bernoulli(n, s.flip_p)
+        shift = torch.stack([self._uniform(n, 2 * s.shift) for _ in range(3)], 1)
+        # MONAI's normalized theta orders coordinates like the tensor axes (D, H, W): negating
+        # column 2 mirrors the W axis, the patient's left-right (brains are roughly symmetric).
+        linear = _rotation_3d(*angles) / zoom[:, None, None]
+        linear[:, :, 2] *= flip[:, None]
+        theta = torch.cat([linear, shift[:, :, None]], 2)
+        out = self._warp(x, theta.to(x.device, x.dtype))
+        if s.gamma or s.contrast or s.brightness or s.noise_std:
+            out = self._intensity(out)
+        return out.clamp(0, 1)
+
     def _intensity(self, x: torch.Tensor) -> torch.Tensor:
         s, n = self.spec, x.shape[0]
-        shape = (n, 1, 1, 1)
+        shape = (n,) + (1,) * (x.dim() - 1)
         gamma = torch.exp(self._uniform(n, s.gamma)).view(shape).to(x)
         contrast = (1 + self._uniform(n, s.contrast)).view(shape).to(x)
         bright = self._uniform(n, s.brightness).view(shape).to(x)
         std = (torch.rand(n, generator=self.generator) * s.noise_std).view(shape).to(x)
         noise = torch.randn(x.shape, generator=self.generator).to(x)
         return x.clamp_min(0) ** gamma * contrast + bright + std * noise
+
+
+def _rotation_3d(ax: torch.Tensor, ay: torch.Tensor, az: torch.Tensor) -> torch.Tensor:
+    """(N, 3, 3) rotations Rz(az) @ Ry(ay) @ Rx(ax) from (N,) angles in radians."""
+    one, zero = torch.ones_like(ax), torch.zeros_like(ax)
+
+    def mat(rows):
+        return torch.stack([torch.stack(r, 1) for r in rows], 1)
+
+    rx = mat([[one, zero, zero], [zero, ax.cos(), -ax.sin()], [zero, ax.sin(), ax.cos()]])
+    ry = mat([[ay.cos(), zero, ay.sin()], [zero, one, zero], [-ay.sin(), zero, ay.cos()]])
+    rz = mat([[az.cos(), -az.sin(), zero], [az.sin(), az.cos(), zero], [zero, zero, one]])
+    return rz @ ry @ rx

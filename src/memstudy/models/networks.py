@@ -41,16 +41,16 @@ def build_autoencoder(cfg: RunConfig) -> AutoencoderKL:
     """Stage 1: a KL-regularised autoencoder; downsamples by 2**(len(ae_channels) - 1)."""
     levels = len(cfg.ae_channels)
     return AutoencoderKL(
-        spatial_dims=2, in_channels=1, out_channels=1, channels=cfg.ae_channels,
+        spatial_dims=cfg.spatial_dims, in_channels=1, out_channels=1, channels=cfg.ae_channels,
         latent_channels=cfg.latent_channels, num_res_blocks=1,
         attention_levels=(False,) * levels, norm_num_groups=NORM_GROUPS,
         with_encoder_nonlocal_attn=False, with_decoder_nonlocal_attn=False,
     )
 
 
-def build_discriminator() -> PatchDiscriminator:
+def build_discriminator(spatial_dims: int = 2) -> PatchDiscriminator:
     """Optional adversarial partner of the autoencoder (used when adversarial_weight > 0)."""
-    return PatchDiscriminator(spatial_dims=2, num_layers_d=2, channels=32, in_channels=1,
+    return PatchDiscriminator(spatial_dims=spatial_dims, num_layers_d=2, channels=32, in_channels=1,
                               out_channels=1, norm="INSTANCE")
 
 
@@ -60,7 +60,7 @@ def build_unet(cfg: RunConfig, channels: int | None = None) -> DiffusionModelUNe
     preset = UNET_PRESETS[cfg.unet_preset]
     channels = channels or cfg.latent_channels
     return DiffusionModelUNet(
-        spatial_dims=2, in_channels=channels, out_channels=channels,
+        spatial_dims=cfg.spatial_dims, in_channels=channels, out_channels=channels,
         norm_num_groups=NORM_GROUPS, num_head_channels=preset["channels"][-1], **preset,
     )
 

@@ -186,10 +186,13 @@ class DiffusionTraining(CheckpointedTraining):
         scheduler = build_sample_scheduler(cfg)
         inferer = DiffusionInferer(scheduler)
         size = cfg.image_size // self.space.downsample
+        if cfg.spatial_dims == 3:  # decoding volumes is ~image_size x heavier: smaller batches
+            batch_size = min(batch_size, 32)
         gen, out = torch.Generator().manual_seed(seed), []
         for start in range(0, n, batch_size):
             m = min(batch_size, n - start)
-            noise = torch.randn((m, self.space.channels, size, size), generator=gen).to(self.device)
+            shape = (m, self.space.channels) + (size,) * cfg.spatial_dims  # slices or volumes
+            noise = torch.randn(shape, generator=gen).to(self.device)
             with _autocast(self.device):
                 z = inferer.sample(input_noise=noise, diffusion_model=unet, scheduler=scheduler,
                                    verbose=False)

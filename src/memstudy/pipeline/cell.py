@@ -31,6 +31,8 @@ from ..viz import figures
 
 from ..metrics import quality
 from ..viz.cohort import plot_cohort
+from ..viz.volumes import plot_volumes, volume_gallery
+from ..data.volumes import axial_mid_slices, write_volumes_nifti
 from ..config import ConfigError, RunConfig
 from ..data.sets import Sets, load_sets
 from ..detect.base import Detector
@@ -48,6 +50,7 @@ from ..models.train import Autoencoder, DiffusionTraining, make_training, resolv
 from ..timing import Profile, part
 
 GALLERY_ROWS = 6
+NIFTI_VOLUMES = 8  # synthetic volumes of a 3D cell's last checkpoint written as .nii.gz
 
 
 def default_run_dir(cfg: RunConfig) -> Path:
@@ -96,8 +99,12 @@ def run_cell(cfg: RunConfig, run_dir: str | Path | None = None, progress: bool =
                                                    "null_used": np.unique(null.patient_id).tolist()})
     train, holdout = sets.tensors()
     source = f"run {run_dir.name}"
-    figures.save(plot_cohort(sets.train, n_patients=min(4, len(sets.train) // cfg.slices_per_patient)),
-                 run_dir / "figures" / "train_examples.png")
+    if cfg.spatial_dims == 3:  # one volume per patient, shown as three mid-slices
+        figures.save(plot_volumes(sets.train.images, sets.train.patient_id),
+                     run_dir / "figures" / "train_examples.png")
+    else:
+        figures.save(plot_cohort(sets.train, n_patients=min(4, len(sets.train) // cfg.slices_per_patient)),
+                     run_dir / "figures" / "train_examples.png")
 
     training = make_training(cfg, train, device, run_dir, progress)
     space = getattr(training, "space", None)  # the autoencoder, for the families that have one
@@ -142,9 +149,12 @@ def evaluate_checkpoint(cfg: RunConfig, step: int, model, sets: Sets, detectors:
                 run_dir / "samples" / f"step_{step:06d}.npz")
     train, holdout = sets.tensors()
     attack = _membership(cfg, model, sets, step, null_raw, run_dir)
-    shared = {"fd": quality.frechet_distance(ruler, gen, holdout),
-              "ms_ssim_gen": quality.ms_ssim_diversity(gen, seed=step),
-              "ms_ssim_real": quality.ms_ssim_diversity(holdout, seed=step)}
+    # 3D: quality is read on each volume's axial mid-slice with the 2D ruler of the same size
+    q_gen, q_real = ((axial_mid_slices(gen), axial_mid_slices(holdout)) if cfg.spatial_dims == 3
+                     else (gen, holdout))
+    shared = {"fd": quality.frechet_distance(ruler, q_gen, q_real),
+              "ms_ssim_gen": quality.ms_ssim_diversity(q_gen, seed=step),
+              "ms_ssim_real": quality.ms_ssim_diversity(q_real, seed=step)}
     rows = []
     for det in detectors:
         found = score(det, train, holdout, gen, cfg.tau_percentile)
@@ -167,11 +177,14 @@ def evaluate_checkpoint(cfg: RunConfig, step: int, model, sets: Sets, detectors:
             run_dir / "figures" / f"hist_{name}.png")
         if step != max(cfg.eval_steps):  # galleries are read at the last checkpoint only
             continue
-        figures.save(figures.nearest_gallery(
+        gallery = volume_gallery if cfg.spatial_dims == 3 else figures.nearest_gallery
+        figures.save(gallery(
             gen.numpy(), sets.train.images, sets.holdout.images, found.sim_gen_train,
             found.nn_gen_train, found.sim_gen_holdout, found.nn_gen_holdout, found.result.tau,
             min(GALLERY_ROWS, len(gen)), f"{det.name}, step {step}", source, det.similarity),
             run_dir / "figures" / f"gallery_{name}.png")
+    if cfg.spatial_dims == 3 and step == max(cfg.eval_steps):  # for a viewer (cohort data only)
+        write_volumes_nifti(gen.numpy(), run_dir / "samples" / f"step_{step:06d}_nifti", NIFTI_VOLUMES)
     write_json_atomic(out, rows)
 
 
