@@ -1,21 +1,13 @@
 """The grid: specs expand into the right cells, bad specs fail before any run, and running
-is safe to interrupt (kill -9, then the same command again) and to fail cell by cell."""
+fails cell by cell (interrupting it: tests/test_runner.py)."""
 
-import os
-import signal
-import subprocess
-import sys
-import time
-
-import pandas as pd
-import psutil
 import pytest
 
 from memstudy.config import ConfigError, RunConfig
 from memstudy.pipeline.executors import SlurmOptions, worker_env
 from memstudy.pipeline.grid import GridSpec, SpecError, cell_id, load_spec
 from memstudy.pipeline.runner import run_grid
-from memstudy.analysis.report import CELL_METRICS, METRIC_COLUMNS, collect
+from memstudy.analysis.report import collect
 from memstudy.runio import read_json, write_json_atomic
 
 # Cells of a few seconds: the end-to-end tests only check plumbing, not memorization.
@@ -190,54 +182,4 @@ def test_submitit_local_executor_completes_a_grid(tmp_path):
     assert set(collect(tmp_path / "two")["status"]) == {"complete"}
 
 
-def _kill_everything(proc: subprocess.Popen) -> None:
-    """SIGKILL the runner's process group and its kernels, as a power cut would.
-
-    Jupyter starts each kernel in a session of its own, so killing the group alone would leave
-    the kernel to notice its parent is gone and exit about a second later.
-    """
-    children = psutil.Process(proc.pid).children(recursive=True)
-    os.killpg(proc.pid, signal.SIGKILL)
-    for child in children:
-        try:
-            child.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(children, timeout=30)
-    proc.wait(timeout=30)
-
-
-@pytest.mark.slow
-def test_killed_grid_resumes_without_redoing_finished_cells(tmp_path):
-    ids = [c.id for c in load_spec("smoke").cells()]
-
-    def command(results):
-        return [sys.executable, "-m", "memstudy.cli", "grid", "run", "smoke", "--results",
-                str(results), "--no-progress"]
-
-    # The uninterrupted reference runs meanwhile: one thread each, two cores, same numbers.
-    reference = subprocess.Popen(command(tmp_path / "uninterrupted"), stdout=subprocess.DEVNULL,
-                                 stderr=subprocess.DEVNULL)
-    crashed = tmp_path / "crashed"
-    proc = subprocess.Popen(command(crashed), start_new_session=True, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    first, second = crashed / "smoke" / ids[0], crashed / "smoke" / ids[1]
-    deadline = time.monotonic() + 600
-    while not ((first / "metrics.json").exists() and (second / "config.json").exists()):
-        assert proc.poll() is None, "the grid ended before the test could kill it"
-        assert time.monotonic() < deadline, "the first cell took more than 10 minutes"
-        time.sleep(0.05)
-    _kill_everything(proc)
-    finished = {cid: (crashed / "smoke" / cid / "metrics.json").stat() for cid in ids
-                if (crashed / "smoke" / cid / "metrics.json").exists()}
-    assert ids[-1] not in finished
-
-    subprocess.run(command(crashed), check=True, timeout=900, capture_output=True)
-
-    for cid, before in finished.items():
-        after = (crashed / "smoke" / cid / "metrics.json").stat()
-        assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns), cid
-    assert reference.wait(timeout=900) == 0
-    columns = ["cell", "status", *METRIC_COLUMNS, *CELL_METRICS]
-    pd.testing.assert_frame_equal(collect(crashed / "smoke")[columns],
-                                  collect(tmp_path / "uninterrupted" / "smoke")[columns])
+# Stopping and killing a running grid, and two runners on one folder: tests/test_runner.py.

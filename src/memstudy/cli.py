@@ -48,8 +48,10 @@ examples:
 
 cost: `memstudy grid list` gives each preset's cell count; one cell of the smoke grid takes
 seconds on a CPU, the quick and full budgets are placeholders (time one cell first with
-`memstudy cell`). Stopping is safe: run the same command again and complete cells are
-skipped, a started cell resumes from its last checkpoint, failed cells are retried.
+`memstudy cell`). Stopping is safe: Ctrl-C or SIGTERM stops every cell's worker and kernel
+within seconds; run the same command again and complete cells are skipped, a started cell
+resumes from its last checkpoint, failed cells are retried. A running cell's folder is locked
+(run.lock), so a second runner on the same results leaves it alone and takes other cells.
 Results: <results>/<spec name>/<cell id>/ with notebook.ipynb, metrics.json, figures/, and
 error.json for a cell that failed.
 """
@@ -178,7 +180,9 @@ def _add_grid_run(grid_commands) -> None:
     run.add_argument("--only", nargs="+", metavar="CELL_ID", help="run only these cells")
     run.add_argument("--no-retry-failed", action="store_true",
                      help="leave cells that failed before (error.json) alone")
-    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.add_argument("--no-progress", action="store_true",
+                     help="no live view (which cells run, their stage and step, ETA): one plain "
+                     "line per cell started or ended, and a status line a minute, for logs")
     default = SlurmOptions()
     slurm = run.add_argument_group("slurm", "resources of each array task (one cell); "
                                    "--slurm-time also bounds submitit-local jobs")
@@ -211,16 +215,22 @@ def _minutes(text: str) -> int:
 
 def _grid_run(args: argparse.Namespace) -> int:
     from .pipeline.executors import SlurmOptions
-    from .pipeline.runner import run_grid
+    from .pipeline.runner import GridInterrupted, run_grid
 
     slurm = SlurmOptions(partition=args.slurm_partition, account=args.slurm_account,
                          time_min=args.slurm_time, cpus_per_task=args.slurm_cpus,
                          mem_gb=args.slurm_mem_gb, gpus_per_node=args.slurm_gpus)
     executor = args.executor or ("local" if (args.jobs or 1) > 1 else "sequential")
-    summary = run_grid(args.spec, results_dir=args.results, executor=executor,
-                       jobs=args.jobs, dry_run=args.dry_run,
-                       retry_failed=not args.no_retry_failed, only=args.only, slurm=slurm,
-                       progress=not args.no_progress)
+    try:
+        summary = run_grid(args.spec, results_dir=args.results, executor=executor,
+                           jobs=args.jobs, dry_run=args.dry_run,
+                           retry_failed=not args.no_retry_failed, only=args.only, slurm=slurm,
+                           progress=not args.no_progress)
+    except GridInterrupted as stop:  # every worker is stopped by now
+        print(f"memstudy: stopped by {stop}.", file=sys.stderr)
+        if stop.summary is not None:
+            print(stop.summary.format())
+        return 128 + stop.signum  # the shell's convention for "ended by signal N"
     if not args.dry_run:
         print(summary.format())
     return 0 if summary.ok else 1

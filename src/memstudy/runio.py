@@ -11,9 +11,14 @@ import hashlib
 import json
 import os
 import platform
+import socket
 import subprocess
 import sys
 import tempfile
+import time
+import uuid
+from contextlib import contextmanager
+from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -134,6 +139,189 @@ def error_line(run_dir: str | os.PathLike) -> str:
     err = read_json(Path(run_dir) / "error.json")
     lines = str(err.get("message", "")).strip().splitlines()
     return f"{err.get('error_type', 'Error')}: {lines[0] if lines else ''}"
+
+
+# ------------------------------------------------------------------------------------------
+# Who is running a cell: the run lock, and what it is doing: progress.json
+
+LOCK_FILE = "run.lock"
+LOCK_ENV = "MEMSTUDY_RUN_LOCK"  # token of a lock that a parent process holds for this one
+PROGRESS_FILE = "progress.json"
+_UNREADABLE_GRACE_S = 10.0  # a lock file still being written is empty for a moment
+
+
+class RunLocked(RuntimeError):
+    """The run folder is locked by a live process: another runner, or run_cell elsewhere."""
+
+    def __init__(self, run_dir: str | os.PathLike, holder: dict[str, Any]):
+        self.run_dir, self.holder = Path(run_dir), holder
+        super().__init__(f"{self.run_dir} is being run by {describe_holder(holder)}. Wait for it, "
+                         f"or, if that process is gone, delete {self.run_dir / LOCK_FILE}.")
+
+
+def describe_holder(holder: dict[str, Any]) -> str:
+    """``pid 123 on host since 2026-11-25T07:30:00+00:00`` for a lock's contents."""
+    return f"pid {holder.get('pid')} on {holder.get('host')} since {holder.get('started')}"
+
+
+def acquire_lock(run_dir: str | os.PathLike) -> dict[str, Any]:
+    """Take the run folder's exclusive lock for this process; raise :class:`RunLocked` if taken.
+
+    The lock is a file ``run.lock`` created with O_EXCL (atomic on local disks and NFS v3+)
+    that names its holder: pid, host, start time and a random token. A lock whose pid is gone
+    (same host only: a pid on another host cannot be checked) is stale and is taken over, so a
+    killed run never blocks the next one. Returns the lock's contents; give its ``token`` to
+    :func:`release_lock`, or to a child process as ``$MEMSTUDY_RUN_LOCK`` so that the child's
+    :func:`run_lock` knows the folder is held for it.
+    """
+    path = Path(run_dir) / LOCK_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    info = {"pid": os.getpid(), "host": socket.gethostname(), "pid_start": _pid_start(os.getpid()),
+            "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "token": uuid.uuid4().hex}
+    for _ in range(5):  # each retry follows the removal of a stale lock
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            holder = _read_lock(path)
+            if holder is None or _holder_alive(holder, path):
+                raise RunLocked(run_dir, holder or {"pid": "?", "host": "?", "started": "just now"})
+            _break_stale(path, holder)
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(info) + "\n")
+        return info
+    raise RunLocked(run_dir, _read_lock(path) or {})
+
+
+def release_lock(run_dir: str | os.PathLike, token: str) -> None:
+    """Remove the run folder's lock if it is still the one with ``token`` (never another's)."""
+    path = Path(run_dir) / LOCK_FILE
+    holder = _read_lock(path)
+    if holder is not None and holder.get("token") == token:
+        path.unlink(missing_ok=True)
+
+
+def lock_holder(run_dir: str | os.PathLike) -> dict[str, Any] | None:
+    """The contents of a live lock on the run folder, or None when nobody holds it."""
+    path = Path(run_dir) / LOCK_FILE
+    holder = _read_lock(path)
+    return holder if holder is not None and _holder_alive(holder, path) else None
+
+
+@contextmanager
+def run_lock(run_dir: str | os.PathLike):
+    """Hold the run folder's lock for a ``with`` block, unless a parent already holds it.
+
+    A grid runner takes the lock before it starts a cell's worker and passes the token down
+    (``$MEMSTUDY_RUN_LOCK``); the cell's own ``run_lock`` then sees its token on the lock and
+    goes ahead. Anyone else finds the folder locked and gets :class:`RunLocked`.
+    """
+    run_dir = Path(run_dir)
+    holder = _read_lock(run_dir / LOCK_FILE)
+    inherited = os.environ.get(LOCK_ENV)
+    if inherited and holder is not None and holder.get("token") == inherited:
+        yield holder
+        return
+    created = not run_dir.exists()
+    info = acquire_lock(run_dir)
+    try:
+        yield info
+    finally:
+        release_lock(run_dir, info["token"])
+        if created:  # nothing was written (e.g. bad input): leave no folder that looks started
+            try:
+                run_dir.rmdir()
+            except OSError:
+                pass  # not empty: the run wrote files
+
+
+def _read_lock(path: Path) -> dict[str, Any] | None:
+    """The lock's contents; None if there is no lock. A lock file still being written (or
+    garbled) reads as held for a few seconds, then as stale."""
+    try:
+        text = path.read_text()
+        age = time.time() - path.stat().st_mtime
+    except FileNotFoundError:
+        return None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return {"pid": None, "host": None, "started": None, "token": None, "age_s": age}
+
+
+def _holder_alive(holder: dict[str, Any], path: Path) -> bool:
+    if holder.get("pid") is None:  # unreadable: being written right now, unless it is old
+        return holder.get("age_s", 0.0) < _UNREADABLE_GRACE_S
+    if holder.get("host") != socket.gethostname():
+        return True  # cannot see processes on another host: assume it runs
+    pid = int(holder["pid"])
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # exists, owned by someone else
+    start = _pid_start(pid)
+    if start is not None and holder.get("pid_start") is not None and start != holder["pid_start"]:
+        return False  # the pid was reused by a newer process
+    return start != "zombie"
+
+
+def _pid_start(pid: int) -> int | str | None:
+    """When a process started (clock ticks since boot; Linux only), to tell a reused pid
+    apart; ``"zombie"`` for a process that has exited but was not reaped yet."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()  # the command name may contain spaces
+    return "zombie" if fields[0] in "ZX" else int(fields[19])
+
+
+def _break_stale(path: Path, holder: dict[str, Any]) -> None:
+    """Remove a stale lock without removing a fresh one that another process took meanwhile:
+    move it aside under a unique name, then check that it was the stale one."""
+    aside = path.with_name(f"{path.name}.stale-{uuid.uuid4().hex}")
+    try:
+        os.rename(path, aside)
+    except FileNotFoundError:
+        return  # another process removed it first
+    if (_read_lock(aside) or {}).get("token") != holder.get("token"):
+        try:  # it was a fresh lock: put it back
+            os.link(aside, path)
+        except FileExistsError:
+            pass
+    aside.unlink(missing_ok=True)
+
+
+_last_progress: dict[Path, tuple[float, str]] = {}
+
+
+def write_progress(run_dir: str | os.PathLike, stage: str, step: int | None = None,
+                   total: int | None = None, every_s: float = 1.0) -> None:
+    """Tell whoever watches the run folder what the cell is doing (``progress.json``).
+
+    Cheap enough to call on every training step: it writes at most once per ``every_s``
+    seconds per folder, and always when the stage changes or the stage's last step is reached.
+    The grid runner reads it to show each running cell's stage, step and speed.
+    """
+    path = Path(run_dir) / PROGRESS_FILE
+    now = time.time()
+    last = _last_progress.get(path)
+    if last and last[1] == stage and now - last[0] < every_s and step != total:
+        return
+    _last_progress[path] = (now, stage)
+    write_json_atomic(path, {"stage": stage, "step": step, "total": total, "time": now,
+                             "pid": os.getpid()})
+
+
+def read_progress(run_dir: str | os.PathLike) -> dict[str, Any] | None:
+    """The last ``progress.json`` of a run folder, or None if it has none (yet)."""
+    try:
+        return read_json(Path(run_dir) / PROGRESS_FILE)
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
 
 
 def environment(device: str) -> dict[str, Any]:

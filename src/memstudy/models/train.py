@@ -25,7 +25,7 @@ from .augment import BatchAugment
 from ..config import ConfigError, RunConfig
 from .networks import build_gan, build_sample_scheduler, build_train_scheduler, build_unet
 from .shared import shared_autoencoder
-from ..runio import append_jsonl, save_atomic
+from ..runio import append_jsonl, save_atomic, write_progress
 from ..timing import part, timed
 # Stage 1 moved to stage1.py; these names stay importable from here for existing callers.
 from .stage1 import (LOG_EVERY, Autoencoder, PixelSpace, _autocast, _batch,  # noqa: F401
@@ -106,6 +106,7 @@ class CheckpointedTraining:
                 loss = self.train_step()
             self.step += 1
             bar.update(1)
+            write_progress(self.run_dir, self.stage, self.step, cfg.train_steps)  # grid view
             if self.step % LOG_EVERY == 0:
                 loss = float(loss)  # the only point a GPU step waits for its result
                 rate = LOG_EVERY / (time.perf_counter() - tic)

@@ -44,8 +44,8 @@ from ..metrics.membership import attack, denoising_losses
 from ..models.controls import null_set
 from ..models.networks import build_train_scheduler
 from ..detect.neighbors import pearson_rows
-from ..runio import (environment, is_complete, read_json, read_jsonl, results_root, save_atomic,
-                     write_json_atomic)
+from ..runio import (environment, is_complete, read_json, read_jsonl, results_root, run_lock,
+                     save_atomic, write_json_atomic, write_progress)
 from ..models.train import Autoencoder, DiffusionTraining, make_training, resolve_device
 from ..timing import Profile, part
 
@@ -75,8 +75,17 @@ def claim_run_dir(cfg: RunConfig, run_dir: Path) -> None:
 
 
 def run_cell(cfg: RunConfig, run_dir: str | Path | None = None, progress: bool = True) -> dict:
-    """Run (or resume, or skip if complete) one cell; return the contents of metrics.json."""
+    """Run (or resume, or skip if complete) one cell; return the contents of metrics.json.
+
+    The run folder is locked meanwhile (:func:`memstudy.runio.run_lock`): another process
+    that tries to run the same folder gets ``RunLocked`` instead of racing this one.
+    """
     run_dir = Path(run_dir) if run_dir else default_run_dir(cfg)
+    with run_lock(run_dir):
+        return _run_cell(cfg, run_dir, progress)
+
+
+def _run_cell(cfg: RunConfig, run_dir: Path, progress: bool) -> dict:
     claim_run_dir(cfg, run_dir)
     if is_complete(run_dir):
         return read_json(run_dir / "metrics.json")
@@ -106,6 +115,7 @@ def run_cell(cfg: RunConfig, run_dir: str | Path | None = None, progress: bool =
         figures.save(plot_cohort(sets.train, n_patients=min(4, len(sets.train) // cfg.slices_per_patient)),
                      run_dir / "figures" / "train_examples.png")
 
+    write_progress(run_dir, "autoencoder" if cfg.model in ("ldm", "autoencoder") else "setup")
     training = make_training(cfg, train, device, run_dir, progress)
     space = getattr(training, "space", None)  # the autoencoder, for the families that have one
     recon_r = _recon_pearson(space, holdout, device) if isinstance(space, Autoencoder) else None
@@ -114,6 +124,7 @@ def run_cell(cfg: RunConfig, run_dir: str | Path | None = None, progress: bool =
         # A latent model's samples all pass through the decoder, whose blur alone raises pixel
         # correlations: the null of such a cell is never-seen slices through the same round trip.
         null = replace_images(null, _round_trip(space, null.images, device))
+    write_progress(run_dir, "detectors")  # the feature ruler, then each detector's fit
     ruler = quality.feature_encoder(cfg, device)
     with part("detectors_fit"):
         detectors = [make_detector(name, dim=cfg.encoder_dim, steps=cfg.encoder_steps, seed=cfg.seed,
@@ -144,6 +155,7 @@ def evaluate_checkpoint(cfg: RunConfig, step: int, model, sets: Sets, detectors:
     out = run_dir / "eval" / f"step_{step:06d}.json"
     if out.exists():
         return
+    write_progress(run_dir, "evaluate", step, cfg.train_steps)
     gen = model.sample(cfg.num_gen, seed=cfg.seed * 1_000_003 + step)
     save_atomic(lambda p: np.savez_compressed(p, images=gen.numpy().astype(np.float16)),
                 run_dir / "samples" / f"step_{step:06d}.npz")

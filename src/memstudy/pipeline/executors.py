@@ -7,15 +7,20 @@ grid goes on. Executors only decide where tasks run and which environment their 
 (papermill kernels inherit the environment of the process that starts them):
 
 ``sequential``
-    One cell after another in this process.
+    One cell after another, each in a fresh worker process (:mod:`.workers`).
 ``local``
-    A pool of ``jobs`` worker processes, one cell per worker at a time. With GPUs each worker
-    sees one GPU (``CUDA_VISIBLE_DEVICES`` round-robin); on CPU each gets cores // jobs threads.
+    Up to ``jobs`` worker processes at once, one per cell. With GPUs each worker sees one GPU
+    (``CUDA_VISIBLE_DEVICES`` round-robin); on CPU each gets cores // jobs threads.
 ``slurm``
     One Slurm array task per cell, through submitit; a timed-out or preempted task is
     requeued and resumes from the cell's last checkpoint.
 ``submitit-local``
     The same submitit code path on this machine (all cells at once); the tests use it.
+
+With ``sequential`` and ``local`` this process owns the workers: it holds each cell's run
+lock while the cell's worker runs, and stopping it (Ctrl-C, SIGTERM, or its death) ends every
+worker and kernel it started. Slurm jobs outlive the process that submitted them; there the
+cell itself takes the lock (:func:`memstudy.pipeline.cell.run_cell`).
 """
 
 from __future__ import annotations
@@ -24,23 +29,27 @@ import os
 import re
 import socket
 import sys
+import time
 import traceback
 from collections import deque
 from collections.abc import Iterator
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
 import submitit
 
 from ..config import ConfigError
-from ..runio import is_complete, write_json_atomic
+from ..runio import (LOCK_ENV, RunLocked, acquire_lock, describe_holder, error_line, is_complete,
+                     release_lock, write_json_atomic)
+from . import workers
 
 EXECUTORS = ("sequential", "local", "slurm", "submitit-local")
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # colour codes in IPython tracebacks
+# ipykernel >= 7 logs a warning about unencrypted TCP at every kernel start; the kernel only
+# listens on localhost, so at ERROR level the per-cell noise goes and real errors stay.
+KERNEL_ARGS = ["--IPKernelApp.log_level=ERROR"]
 
 
 @dataclass(frozen=True)
@@ -56,9 +65,15 @@ class CellJob:
 
 @dataclass(frozen=True)
 class CellOutcome:
+    """An event of one cell: it started ("running") or ended (every other status)."""
+
     cell_id: str
-    status: str  # "complete" | "skipped" | "failed"
-    error: str = ""  # first line of the error, for failed cells
+    status: str  # "running" | "complete" | "skipped" | "failed" | "locked"
+    error: str = ""  # first line of the error (failed), or who holds the lock (locked)
+
+
+class WorkerDied(RuntimeError):
+    """The process running a cell ended without a result: killed, or out of memory."""
 
 
 @dataclass(frozen=True)
@@ -86,8 +101,12 @@ def notebook_path() -> Path:
 # The task
 
 
-def run_cell_job(job: CellJob) -> CellOutcome:
-    """Run one cell through the notebook; a failure is written to error.json, not raised."""
+def run_cell_job(job: CellJob, kernel_manager_class: type | None = None) -> CellOutcome:
+    """Run one cell through the notebook; a failure is written to error.json, not raised.
+
+    A cell whose folder another live process has locked is not run and not failed: its
+    outcome is ``locked``. ``kernel_manager_class`` lets a worker know its kernel's pid.
+    """
     import papermill  # heavy; only workers need it
 
     run_dir = Path(job.run_dir)
@@ -95,13 +114,16 @@ def run_cell_job(job: CellJob) -> CellOutcome:
         return CellOutcome(job.cell_id, "skipped")
     os.environ.update(job.env)
     run_dir.mkdir(parents=True, exist_ok=True)  # papermill writes notebook.ipynb into it
+    extra = {"kernel_manager_class": kernel_manager_class} if kernel_manager_class else {}
     try:
         papermill.execute_notebook(job.notebook, str(run_dir / "notebook.ipynb"),
                                    parameters={**job.params, "run_dir": str(run_dir)},
-                                   progress_bar=False)
+                                   progress_bar=False, extra_arguments=KERNEL_ARGS, **extra)
         if not is_complete(run_dir):
             raise RuntimeError("the notebook ran to the end but wrote no metrics.json")
     except Exception as err:
+        if getattr(err, "ename", None) == RunLocked.__name__:  # raised inside the kernel
+            return CellOutcome(job.cell_id, "locked", err.evalue)
         return record_failure(job, err)
     (run_dir / "error.json").unlink(missing_ok=True)  # a retry succeeded: the old error is stale
     return CellOutcome(job.cell_id, "complete")
@@ -140,13 +162,22 @@ class ResumableCellTask(submitit.helpers.Checkpointable):
 
 def run_jobs(executor: str, jobs: list[CellJob], n: int | None, slurm: SlurmOptions | None,
              grid_dir: Path) -> Iterator[CellOutcome]:
-    """Run ``jobs`` on ``executor`` with at most ``n`` at once; yield outcomes as they finish."""
+    """Run ``jobs`` on ``executor`` with at most ``n`` at once; yield each cell's events.
+
+    Close the iterator when done (``contextlib.closing``): closing it early, e.g. on Ctrl-C,
+    stops every worker it started.
+    """
     if not jobs:
         return iter(())
     if executor == "sequential":
-        return (run_cell_job(job) for job in jobs)
+        return _worker_pool(jobs, 1, lambda slot: {})
     if executor == "local":
-        return _local_pool(jobs, n or max(1, len(visible_gpus())))
+        n = n or max(1, len(visible_gpus()))
+        gpus, cores = visible_gpus(), _cores()
+        # The most expensive cells start first (longest-processing-time-first), so that no
+        # long cell is left running alone at the end while the other workers idle.
+        jobs = sorted(jobs, key=lambda job: relative_cost(job.params), reverse=True)
+        return _worker_pool(jobs, n, lambda slot: worker_env(slot, n, gpus, cores))
     cluster = "slurm" if executor == "slurm" else "local"
     return _submitit(jobs, n, slurm or SlurmOptions(), grid_dir / ".submitit", cluster)
 
@@ -192,31 +223,54 @@ def relative_cost(params: dict[str, Any]) -> float:
     return steps * (0.5 + batch / 16) + 0.3 * cfg.ae_steps
 
 
-def _local_pool(jobs: list[CellJob], n: int) -> Iterator[CellOutcome]:
-    """``n`` worker processes; each in-flight cell holds a slot that fixes its GPU or threads.
-
-    The most expensive cells start first (longest-processing-time-first), so that no long cell
-    is left running alone at the end while the other workers idle.
-    """
-    gpus, cores = visible_gpus(), _cores()
-    queue = deque(sorted(jobs, key=lambda job: relative_cost(job.params), reverse=True))
-    free = list(range(n))
-    # spawn, not fork: the parent has imported torch, whose threads do not survive a fork.
-    with ProcessPoolExecutor(n, mp_context=get_context("spawn")) as pool:
-        running = {}
+def _worker_pool(jobs: list[CellJob], n: int, slot_env) -> Iterator[CellOutcome]:
+    """Run ``jobs`` in order, ``n`` worker processes at a time, each holding one slot (the
+    GPU or core share ``slot_env(slot)``) and its cell's run lock."""
+    queue, free, running = deque(jobs), list(range(n)), []
+    try:
         while queue or running:
             while queue and free:
-                slot, job = free.pop(0), queue.popleft()
-                env = worker_env(slot, n, gpus, cores)
-                running[pool.submit(run_cell_job, replace(job, env=env))] = (slot, job)
-            done, _ = wait(running, return_when=FIRST_COMPLETED)
-            for future in done:
-                slot, job = running.pop(future)
-                free.append(slot)
+                job = queue.popleft()
                 try:
-                    yield future.result()
-                except Exception as err:  # the worker process itself died
-                    yield record_failure(job, err)
+                    lock = acquire_lock(job.run_dir)
+                except RunLocked as err:  # another runner has it: leave it to that one
+                    yield CellOutcome(job.cell_id, "locked", describe_holder(err.holder))
+                    continue
+                if is_complete(job.run_dir):  # completed by another runner meanwhile
+                    release_lock(job.run_dir, lock["token"])
+                    yield CellOutcome(job.cell_id, "skipped")
+                    continue
+                slot = free.pop(0)
+                env = {**job.env, **slot_env(slot), LOCK_ENV: lock["token"]}
+                running.append((workers.start_worker(replace(job, env=env), slot), lock["token"]))
+                yield CellOutcome(job.cell_id, "running")
+            time.sleep(0.2)
+            for item in [item for item in running if item[0].proc.poll() is not None]:
+                running.remove(item)
+                worker, token = item
+                free.append(worker.slot)
+                outcome = _worker_outcome(worker)
+                release_lock(worker.job.run_dir, token)
+                yield outcome
+    finally:  # normal end: nothing left; Ctrl-C, SIGTERM or an error: stop what still runs
+        workers.stop_workers([worker for worker, _ in running])
+        for worker, token in running:
+            release_lock(worker.job.run_dir, token)
+
+
+def _worker_outcome(worker: workers.Worker) -> CellOutcome:
+    """What a finished worker's exit status says; a worker that died fails its cell."""
+    job, code = worker.job, worker.proc.returncode
+    status = {v: k for k, v in workers.EXIT_CODES.items()}.get(code)
+    if status == "failed" and (Path(job.run_dir) / "error.json").exists():
+        return CellOutcome(job.cell_id, "failed", error_line(job.run_dir))
+    if status in ("complete", "skipped", "locked"):
+        return CellOutcome(job.cell_id, status)
+    log = Path(job.run_dir) / workers.LOG_FILE
+    return record_failure(job, WorkerDied(
+        f"the worker process of this cell {workers.describe_exit(code)} after "
+        f"{time.time() - worker.started:.0f} s. If nobody killed it, it probably ran out of "
+        f"memory (see `dmesg`); its last output is in {log}. Run the grid again to resume it."))
 
 
 def _submitit(jobs: list[CellJob], n: int | None, opts: SlurmOptions, folder: Path,
@@ -242,8 +296,19 @@ def _submitit(jobs: list[CellJob], n: int | None, opts: SlurmOptions, folder: Pa
     print(f"submitted {len(submitted)} {cluster} job(s) (first id {submitted[0].job_id}); logs in "
           f"{folder}. Ctrl-C stops waiting, not the jobs (Slurm: scancel {array_id}).",
           file=sys.stderr)
-    for done in submitit.helpers.as_completed(submitted, poll_frequency=1 if cluster == "local" else 30):
-        try:
-            yield done.result()
-        except Exception as err:  # the job itself failed (killed, out of time after requeues)
-            yield record_failure(by_id[done.job_id], err)
+    for job in jobs:
+        yield CellOutcome(job.cell_id, "running")  # queued or running: the cluster decides
+    finished = set()
+    try:
+        for done in submitit.helpers.as_completed(submitted,
+                                                  poll_frequency=1 if cluster == "local" else 30):
+            finished.add(done.job_id)
+            try:
+                yield done.result()
+            except Exception as err:  # the job itself failed (killed, out of time after requeues)
+                yield record_failure(by_id[done.job_id], err)
+    finally:
+        if cluster == "local":  # local jobs are this machine's processes: stop them with us
+            for s in submitted:
+                if s.job_id not in finished:
+                    s.cancel(check=False)

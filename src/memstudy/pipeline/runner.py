@@ -1,20 +1,41 @@
-"""The grid runner: run every cell of a spec that is not complete yet, and say what happened."""
+"""The grid runner: run every cell of a spec that is not complete yet, and say what happened.
+
+The runner owns what it starts: Ctrl-C, SIGTERM or SIGHUP stop every cell's worker and kernel
+within seconds (and so does its own death, see :mod:`.workers`); the stopped cells resume
+from their last checkpoint when the same command runs again. Each running cell's folder is
+locked, so two runners on one results folder share the cells instead of running them twice.
+"""
 
 from __future__ import annotations
 
+import signal
+import threading
 import time
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tqdm.auto import tqdm
-
-from ..config import RunConfig
-from ..runio import cell_status, error_line, is_complete, results_root, write_json_atomic
+from ..config import ConfigError, RunConfig
+from ..runio import (cell_status, describe_holder, error_line, is_complete, lock_holder,
+                     results_root, write_json_atomic)
 from . import executors
 from .executors import CellJob, CellOutcome, SlurmOptions
-from ..config import ConfigError
 from .grid import Cell, GridSpec, SpecError, load_spec
+from .progress import GridProgress
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+class GridInterrupted(KeyboardInterrupt):
+    """A signal stopped the grid; ``summary`` says what finished before it.
+
+    A KeyboardInterrupt, so that no ``except Exception`` on the way swallows it.
+    """
+
+    def __init__(self, signum: int, summary: "GridSummary | None" = None):
+        super().__init__(signal.Signals(signum).name)
+        self.signum, self.summary = signum, summary
 
 
 
@@ -28,6 +49,8 @@ class GridSummary:
     complete: list[str] = field(default_factory=list)  # ran to completion in this call
     skipped: list[str] = field(default_factory=list)  # already complete before this call
     failed: dict[str, str] = field(default_factory=dict)  # cell id -> first line of the error
+    locked: dict[str, str] = field(default_factory=dict)  # cell id -> who runs it (another runner)
+    stopped: list[str] = field(default_factory=list)  # running when a signal stopped the grid
     wall_s: float = 0.0
 
     @property
@@ -44,6 +67,12 @@ class GridSummary:
         if self.failed:
             lines.append("  details: <cell folder>/error.json and notebook.ipynb; run the same "
                          "command again to retry them.")
+        if self.locked:
+            lines.append(f"  left to another runner (folder locked): {len(self.locked)}")
+            lines += [f"    {cid}: run by {who}" for cid, who in self.locked.items()]
+        if self.stopped:
+            lines.append(f"  stopped while running: {len(self.stopped)}  {' '.join(self.stopped)}"
+                         "\n  run the same command again: they resume from their last checkpoint.")
         return "\n".join(lines)
 
 
@@ -74,12 +103,19 @@ def run_grid(spec: GridSpec | str | Path, results_dir: str | Path | None = None,
     slurm : SlurmOptions, optional
         Resources of each job for the ``slurm`` and ``submitit-local`` executors.
     progress : bool
-        Show a progress bar over cells.
+        Show live progress (cells done / failed / running / left, ETA, and each running
+        cell's stage and step); if False, print one plain line per event, for logs.
 
     Returns
     -------
     GridSummary
-        Complete, skipped and failed cell ids, and the wall time.
+        Complete, skipped, failed and locked cell ids, and the wall time.
+
+    Raises
+    ------
+    GridInterrupted
+        On SIGINT, SIGTERM or SIGHUP, after every worker has been stopped; it carries the
+        summary so far.
     """
     tic = time.perf_counter()
     if not isinstance(spec, GridSpec):
@@ -115,23 +151,65 @@ def run_grid(spec: GridSpec | str | Path, results_dir: str | Path | None = None,
         else:
             todo.append(CellJob(cell.id, _flat_params(cell.config), str(run_dir), notebook))
 
-    bar = tqdm(total=len(todo), desc=f"grid {spec.name}", unit="cell", disable=not progress)
-    with bar:
-        for outcome in executors.run_jobs(executor, todo, jobs, slurm, grid_dir):
-            _record(summary, outcome)
-            bar.set_postfix_str(f"{len(summary.failed)} failed" if summary.failed else "")
-            bar.update()
+    running: list[str] = []
+    view = GridProgress(spec.name, todo, live=progress)
+    try:
+        with _raise_on_signals(), view, closing(
+                executors.run_jobs(executor, todo, jobs, slurm, grid_dir)) as events:
+            for outcome in events:
+                _record(summary, running, outcome)
+                view.update(outcome)
+    except GridInterrupted as err:
+        summary.stopped = running
+        summary.wall_s = time.perf_counter() - tic
+        err.summary = summary
+        raise
     summary.wall_s = time.perf_counter() - tic
     return summary
 
 
-def _record(summary: GridSummary, outcome: CellOutcome) -> None:
+def _record(summary: GridSummary, running: list[str], outcome: CellOutcome) -> None:
+    cid = outcome.cell_id
+    if outcome.status == "running":
+        running.append(cid)
+        return
+    if cid in running:
+        running.remove(cid)
     if outcome.status == "failed":
-        summary.failed[outcome.cell_id] = outcome.error
+        summary.failed[cid] = outcome.error
     elif outcome.status == "skipped":
-        summary.skipped.append(outcome.cell_id)
+        summary.skipped.append(cid)
+    elif outcome.status == "locked":
+        summary.locked[cid] = outcome.error
     else:
-        summary.complete.append(outcome.cell_id)
+        summary.complete.append(cid)
+
+
+@contextmanager
+def _raise_on_signals():
+    """Turn SIGINT, SIGTERM and SIGHUP into :class:`GridInterrupted` while the grid runs.
+
+    Python's default for SIGTERM and SIGHUP ends the process without running ``finally``
+    blocks, which would leave the workers running. The first signal raises; later ones are
+    ignored, so that stopping the workers is not itself interrupted. Signal handlers can only
+    be set in the main thread: elsewhere the workers still stop with their runner's death.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    fired = []
+
+    def handler(signum, frame):
+        if not fired:
+            fired.append(signum)
+            raise GridInterrupted(signum)
+
+    previous = {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 def _select(cells: list[Cell], only: list[str] | None) -> list[Cell]:
@@ -157,7 +235,10 @@ def format_plan(spec: GridSpec, cells: list[Cell], selected: list[Cell], grid_di
     for cell in selected:
         changed = " ".join(f"{k}={v}" for k, v in _flat_params(cell.config).items()
                            if v != defaults[k])
-        lines.append(f"{cell.id}  [{cell_status(grid_dir / cell.id)}]\n"
+        holder = lock_holder(grid_dir / cell.id)
+        state = cell_status(grid_dir / cell.id) + (f", running: {describe_holder(holder)}"
+                                                    if holder else "")
+        lines.append(f"{cell.id}  [{state}]\n"
                      f"    {changed or '(all defaults)'}")
     lines.append("dry run: nothing was written.")
     return "\n".join(lines)
