@@ -49,7 +49,7 @@ def test_shell_entry_point_helps_and_rejects_a_bad_spec(tmp_path):
 def test_grid_list_shows_each_preset_and_its_size(capsys):
     assert main(["grid", "list"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert any(line.startswith("full") and " 108 cells" in line for line in lines)
+    assert any(line.startswith("full") and " 180 cells" in line for line in lines)
     assert any(line.startswith("smoke") and " 3 cells" in line for line in lines)
 
 

@@ -35,15 +35,16 @@ def test_packaged_presets_expand():
     assert [c.id for c in smoke] == ["aug-none_size-XS_seed-0", "aug-flip_rotate_size-XS_seed-0",
                                      "aug-none_size-S_seed-0"]
     star = load_spec("quick")  # its levels and budgets get tuned: check its shape only
-    assert star.design == "star" and len(star.seeds) == 1
-    assert len(quick) == 1 + sum(len(levels) - 1 for levels in star.axes.values())
+    assert star.design == "star" and len(star.seeds) >= 3  # replicates on new patients
+    assert len(quick) == len(star.seeds) * (1 + sum(len(levels) - 1 for levels in star.axes.values()))
+    assert {"control_positive", "control_negative"} <= set(star.axes["model"])  # controls in every grid
     assert quick[0].id == cell_id({**star.base, "seed": star.seeds[0]})
     assert all(c.config.device == "cpu" and len(c.config.checkpoints) > 1 for c in quick)
     assert len(full) >= 108 and len({c.id for c in full}) == len(full)
     assert {(c.config.augmentation, c.config.unet_preset, c.config.dataset_size, c.config.seed)
             for c in full} == {(a, u, n, s) for a in ("none", "flip_rotate", "strong")
                                for u in ("S", "M", "L") for n in (64, 256, 1024, 4096)
-                               for s in (0, 1, 2)}
+                               for s in (0, 1, 2, 3, 4)}
     assert all(c.config.device == "cuda" and len(c.config.eval_steps) == 4 for c in full)
 
 
@@ -121,7 +122,7 @@ def test_specs_load_by_path_and_name(tmp_path):
 def test_dry_run_lists_every_cell_and_writes_nothing(tmp_path, capsys):
     summary = run_grid("full", results_dir=tmp_path / "results", dry_run=True)
     out = capsys.readouterr().out
-    assert len(summary.planned) == 108
+    assert len(summary.planned) == 180
     assert all(f"{cid}  [pending]" in out for cid in summary.planned)
     assert "train_steps=40000 checkpoints=5000,10000,20000,40000" in out
     assert list(tmp_path.iterdir()) == []
