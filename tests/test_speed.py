@@ -147,7 +147,7 @@ def test_a_cell_gives_identical_results_with_a_cold_and_a_warm_cache(cold_cache,
     warm = run_cell(cfg, tmp_path / "warm", progress=False)
     assert warm["rows"] == cold["rows"]
     assert warm["autoencoder_file"] == cold["autoencoder_file"] != ""
-    assert warm["profile_s"]["stage1"] < cold["profile_s"]["stage1"]  # loaded, not trained
+    assert warm["profile_s"]["cpu"]["stage1"] < cold["profile_s"]["cpu"]["stage1"]  # loaded, not trained
     a, b = (np.load(tmp_path / d / "samples/step_000010.npz")["images"] for d in ("cold", "warm"))
     np.testing.assert_array_equal(a, b)
 
@@ -212,3 +212,31 @@ def test_a_failing_compile_falls_back_to_eager():
     assert accel.maybe_compile(net, "cpu") is net
     assert accel.fused("cpu") == {} and accel.fused("cuda") == {"fused": True}
     assert accel.channels_last(x, "cpu") is x
+
+
+def test_a_stacked_ensemble_trains_each_member_as_if_alone():
+    from memstudy.models.ensemble import StackedDenoisers
+    from memstudy.models.networks import build_train_scheduler
+
+    cfg = CFG.replace(unet_preset="XS")
+
+    def member(seed):
+        torch.manual_seed(seed)
+        return build_unet(cfg, 3)
+
+    stacked = StackedDenoisers([member(0), member(1)], cfg.lr, "cpu")
+    alone = [member(0), member(1)]
+    opts = [torch.optim.AdamW(m.parameters(), lr=cfg.lr) for m in alone]
+    sched = build_train_scheduler(cfg)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(2):
+        z = torch.randn((2, 4, 3, 8, 8), generator=g)
+        noise = torch.randn(z.shape, generator=g)
+        t = torch.randint(0, 1000, (2, 4), generator=g)
+        losses = stacked.step(z, noise, t, sched)
+        for r, (m, o) in enumerate(zip(alone, opts)):
+            loss = F.mse_loss(m(sched.add_noise(z[r], noise[r], t[r]), timesteps=t[r]), noise[r])
+            o.zero_grad(set_to_none=True)
+            loss.backward()
+            o.step()
+            torch.testing.assert_close(losses[r], loss.detach(), rtol=1e-5, atol=1e-6)

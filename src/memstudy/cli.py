@@ -19,6 +19,7 @@ examples:
   memstudy grid run smoke             3 CPU cells of a few seconds each
   memstudy report                     tables of every grid run so far (seconds)
   memstudy cell                       one smoke cell, no notebook (seconds)
+  memstudy bench --smoke              the speed benchmark at toy sizes (about 1 min)
   memstudy course build               the course's student notebooks and solutions (a second)
 see `memstudy COMMAND --help` for each command's options and cost.
 """
@@ -85,6 +86,10 @@ def main(argv: list[str] | None = None) -> int:
         from .validation.planted import main as validate
 
         return validate(argv[1:])
+    if argv[:1] == ["bench"]:  # the speed benchmark also owns its arguments
+        from .pipeline.bench import main as bench
+
+        return bench(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
@@ -153,6 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
         add_help=False, description="Runs `memstudy validate`; see its --help.")
     # Never reached: main() hands `validate ...` to memstudy.benchmark before parsing; the
     # parser entry is here so that `memstudy --help` lists it.
+    commands.add_parser(
+        "bench", help="measure steps, sampling, neighbours, one cell; project preset wall times",
+        add_help=False, description="Runs `memstudy bench`; see its --help.")  # as validate
     return parser
 
 
