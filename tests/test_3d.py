@@ -137,3 +137,30 @@ def test_a_3d_cell_runs_under_papermill(tmp_path):
     assert config["spatial_dims"] == 3 and config["image_size"] == 16
     assert (run_dir / "metrics.json").exists()
     assert (run_dir / "figures" / "gallery_step000003_contrastive3d.png").exists()
+
+
+def test_dims_table_puts_each_arm_beside_its_null_with_intervals():
+    import pandas as pd
+
+    from memstudy.analysis.dims import dims_table, onset
+
+    def row(dims, seed, excess):
+        cols = {"status": "complete", "spatial_dims": dims, "dataset_size": 8, "seed": seed,
+                "detector": "pixel", "step": 100, "n_train_patients": 2}
+        for name in ("copy_rate", "patients_matched_rate"):
+            cols |= {name: 0.05 + excess, f"null_{name}": 0.05, f"excess_{name}": excess,
+                     f"excess_{name}_lo": excess - 0.1, f"excess_{name}_hi": excess + 0.1}
+        return cols
+
+    # 2D at its null in both replicates, 3D well above it: the difference must show, and only 3D
+    # starts memorizing by step 100.
+    df = pd.DataFrame([row(2, 0, 0.0), row(2, 1, 0.0), row(3, 0, 0.6), row(3, 1, 0.7)])
+    table = dims_table(df).set_index("spatial_dims")
+    assert table.loc[3, "excess_copy_rate"] == pytest.approx(0.65)
+    assert table.loc[3, "excess_copy_rate_lo"] > 0.3 and table.loc[2, "excess_copy_rate_lo"] < 0
+    assert table.loc[3, "diff_patients_matched_rate"] == pytest.approx(0.65)
+    assert table.loc[3, "diff_patients_matched_rate_lo"] > 0
+    starts = onset(dims_table(df)).set_index("spatial_dims")["onset_copy_rate"]
+    assert starts[3] == 100 and pd.isna(starts[2])
+    with pytest.raises(ValueError, match="grid run dims"):
+        dims_table(df.drop(columns="excess_copy_rate"))

@@ -15,7 +15,7 @@ import numpy as np
 
 from ..config import RunConfig
 from .cohort import Cohort, _draw_patient, make_volume, write_nifti
-from .sets import Sets, cell_patients
+from .sets import Sets, cell_patients, patient_split
 
 WHOLE_VOLUME = -1  # slice_index of a row that is a whole volume
 LESION_FRACTION = 0.3  # make_cohort's default: the same patients have the same lesions
@@ -52,6 +52,20 @@ def volume_sets(cfg: RunConfig) -> Sets:
     split, train_ids, holdout_ids = cell_patients(cfg)
     return Sets(train=patient_volumes(train_ids, cfg), holdout=patient_volumes(holdout_ids, cfg),
                 split=split)
+
+
+def unseen_volumes(cfg: RunConfig, n: int, salt: int) -> Cohort:
+    """Volumes of ``n`` test-share patients (no model or ruler sees them): the null of 3D rates.
+
+    Drawn in the order :func:`memstudy.models.controls.unseen_slices` uses for slices (same
+    ``salt``), so a 3D cell's null patients are the first ones a 2D cell's null is taken from.
+    """
+    test_ids = patient_split(cfg)["test"]
+    if n > len(test_ids):
+        raise ValueError(f"the test share holds {len(test_ids)} patients, fewer than the {n} "
+                         "never-seen volumes asked for: raise cohort_patients or lower num_gen.")
+    order = np.random.default_rng([cfg.data_seed, cfg.seed, salt]).permutation(test_ids)
+    return patient_volumes(order[:n], cfg)
 
 
 def mid_slices(volumes: np.ndarray) -> list[np.ndarray]:

@@ -32,7 +32,7 @@ from ..viz import figures
 from ..metrics import quality
 from ..viz.cohort import plot_cohort
 from ..viz.volumes import plot_volumes, volume_gallery
-from ..data.volumes import axial_mid_slices, write_volumes_nifti
+from ..data.volumes import axial_mid_slices, unseen_volumes, write_volumes_nifti
 from ..config import ConfigError, RunConfig
 from ..data.sets import Sets, load_sets
 from ..detect.base import Detector
@@ -41,7 +41,7 @@ from ..metrics.patient import patient_level
 from ..metrics.scoring import score
 from ..metrics.evidence import checkpoint_evidence, membership_evidence
 from ..metrics.membership import attack, denoising_losses
-from ..models.controls import null_set
+from ..models.controls import UNSEEN_SALT, null_set
 from ..models.networks import build_train_scheduler
 from ..detect.neighbors import pearson_rows
 from ..runio import (environment, is_complete, read_json, read_jsonl, results_root, run_lock,
@@ -103,6 +103,8 @@ def _run_cell(cfg: RunConfig, run_dir: Path, progress: bool) -> dict:
         "holdout_used": np.unique(sets.holdout.patient_id).tolist()})
     # Never-seen (test-share) slices: the null of every rate (metrics.evidence)
     null = null_set(cfg) if cfg.dataset == "cohort" and getattr(cfg, "spatial_dims", 2) == 2 else None
+    if cfg.dataset == "cohort" and cfg.spatial_dims == 3:  # 3D: never-seen patients' volumes
+        null = unseen_volumes(cfg, cfg.num_gen, UNSEEN_SALT)
     if null is not None:
         write_json_atomic(run_dir / "split.json", {**read_json(run_dir / "split.json"),
                                                    "null_used": np.unique(null.patient_id).tolist()})

@@ -1,0 +1,98 @@
+"""2D against 3D on the same patients: the table of the ``dims`` preset, rebuilt from run folders.
+
+Each cell of ``grids/dims.yaml`` is a slice model (``spatial_dims`` 2) or a volume model (3)
+trained on the same patients. Per cohort size, detector and training length this module puts
+side by side, for both arms, the mean over replicates of
+
+- ``copy_rate``: synthetic samples above tau (Dar et al.'s N_copies / N_gen);
+- ``patients_matched_rate``: training patients that some synthetic sample matches above what
+  every held-out patient reaches (:func:`memstudy.metrics.patient.patient_level`);
+
+each beside its null (the same measurement on never-seen patients, ``metrics.evidence``) and
+its excess over the null with a 95 % interval, and the 3D-minus-2D difference of the excesses
+with its interval. Intervals resample replicates and, within each, the cell's own sampling
+noise (:func:`memstudy.analysis.stats.change_interval`), so they hold "new patients, new model".
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .report import collect
+from .stats import change_interval
+
+RATES = ("copy_rate", "patients_matched_rate")
+Z95 = 3.92  # width of a 95 % normal interval in standard errors: a cell's sd from its interval
+
+
+def _sd(rows: pd.DataFrame, name: str) -> np.ndarray:
+    """Each cell's standard error of its excess over the null, read off its 95 % interval."""
+    return ((rows[f"excess_{name}_hi"] - rows[f"excess_{name}_lo"]) / Z95).to_numpy(float)
+
+
+def _mean_interval(values: np.ndarray, sds: np.ndarray, seed: int) -> dict:
+    """Mean over replicates with a 95 % interval: the change from 0 to ``values``."""
+    zeros = np.zeros_like(values)
+    return change_interval([zeros, values], [zeros, sds], seed=seed)
+
+
+def dims_table(df: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
+    """The 2D-versus-3D table from a :func:`memstudy.analysis.report.collect` table.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per (``dataset_size``, ``detector``, ``step``, ``spatial_dims``) with
+        ``n_patients``, ``n_cells``, and for each rate in :data:`RATES` its mean, its null's
+        mean, the mean excess with ``_lo``/``_hi``; rows of ``spatial_dims`` 3 also carry
+        ``diff_<rate>`` (3D minus 2D excess) with its interval.
+    """
+    need = {"spatial_dims", "dataset_size", "seed", *(f"excess_{r}" for r in RATES)}
+    rows = df[df["status"] == "complete"] if "status" in df else df
+    missing = need - set(rows.columns)
+    if rows.empty or missing:
+        raise ValueError(f"no complete dims cells with {sorted(missing) or 'rows'}: run "
+                         "`memstudy grid run dims` first (cells need the never-seen null).")
+    out = []
+    for (size, det, step), group in rows.groupby(["dataset_size", "detector", "step"], sort=True):
+        arms = {d: g.sort_values("seed") for d, g in group.groupby("spatial_dims")}
+        for dims, g in arms.items():
+            row = {"dataset_size": int(size), "n_patients": int(g["n_train_patients"].iloc[0]),
+                   "detector": det, "step": int(step), "spatial_dims": int(dims),
+                   "n_cells": len(g)}
+            for k, name in enumerate(RATES):
+                excess = _mean_interval(g[f"excess_{name}"].to_numpy(float), _sd(g, name), seed + k)
+                row |= {name: g[name].mean(), f"null_{name}": g[f"null_{name}"].mean(),
+                        f"excess_{name}": excess["change"], f"excess_{name}_lo": excess["lo"],
+                        f"excess_{name}_hi": excess["hi"]}
+                if dims == 3 and 2 in arms:
+                    flat = arms[2]
+                    diff = change_interval([flat[f"excess_{name}"].to_numpy(float),
+                                            g[f"excess_{name}"].to_numpy(float)],
+                                           [_sd(flat, name), _sd(g, name)], seed=seed + 10 + k)
+                    row |= {f"diff_{name}": diff["change"], f"diff_{name}_lo": diff["lo"],
+                            f"diff_{name}_hi": diff["hi"]}
+            out.append(row)
+    return pd.DataFrame(out)
+
+
+def onset(table: pd.DataFrame, rate: str = "copy_rate") -> pd.DataFrame:
+    """First training length at which an arm's excess interval lies wholly above zero.
+
+    Missing (NaN) where it never does within the measured checkpoints: "not seen by this
+    length", which is not "never".
+    """
+    rows = []
+    for (size, det, dims), g in table.groupby(["dataset_size", "detector", "spatial_dims"]):
+        above = g[g[f"excess_{rate}_lo"] > 0].sort_values("step")
+        rows.append({"dataset_size": size, "detector": det, "spatial_dims": dims,
+                     f"onset_{rate}": int(above["step"].iloc[0]) if len(above) else None})
+    return pd.DataFrame(rows)
+
+
+def load_dims(results_dir: str | Path) -> pd.DataFrame:
+    """:func:`dims_table` of a dims results folder (``results/dims``)."""
+    return dims_table(collect(results_dir))
