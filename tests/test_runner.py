@@ -17,10 +17,10 @@ import psutil
 import pytest
 
 from memstudy.analysis.report import CELL_METRICS, METRIC_COLUMNS, collect
-from memstudy.pipeline.executors import CellJob, CellOutcome, run_jobs
+from memstudy.pipeline.executors import CellJob, CellOutcome, run_cell_job, run_jobs
 from memstudy.pipeline.grid import load_spec
 from memstudy.pipeline.progress import GridProgress
-from memstudy.pipeline.runner import GridSummary
+from memstudy.pipeline.runner import GridSummary, run_grid
 from memstudy.pipeline.workers import PARENT_ENV
 from memstudy.runio import (LOCK_ENV, LOCK_FILE, RunLocked, acquire_lock, lock_holder, read_json,
                             release_lock, run_lock, write_progress)
@@ -201,6 +201,24 @@ def test_a_dead_worker_fails_only_its_own_cell(tmp_path):
     assert read_json(tmp_path / "dies" / "error.json")["error_type"] == "WorkerDied"
     assert not (tmp_path / "dies" / LOCK_FILE).exists()
     assert psutil.wait_procs([kernel], timeout=10)[1] == []  # its kernel went with it
+
+
+def test_a_cell_that_finds_its_folder_locked_is_left_alone_not_failed(tmp_path):
+    """The Slurm path: no runner lock, so the cell's own run_lock meets the other holder."""
+    locking = tiny_notebook(tmp_path / "lock.ipynb", "from memstudy.runio import run_lock\n"
+                            "with run_lock(run_dir):\n    pass")
+    holder = acquire_lock(tmp_path / "cell")
+    outcome = run_cell_job(CellJob("cell", {}, str(tmp_path / "cell"), locking))
+    assert outcome.status == "locked" and f"pid {os.getpid()}" in outcome.error
+    assert not (tmp_path / "cell" / "error.json").exists()
+    assert lock_holder(tmp_path / "cell")["token"] == holder["token"]
+
+
+def test_dry_run_names_the_process_running_a_cell(tmp_path, capsys):
+    cid = load_spec("smoke").cells()[0].id
+    acquire_lock(tmp_path / "smoke" / cid)
+    run_grid("smoke", results_dir=tmp_path, dry_run=True)
+    assert f"{cid}  [incomplete, running: pid {os.getpid()} on " in capsys.readouterr().out
 
 
 def test_stopping_the_runner_stops_its_workers_and_kernels(tmp_path):

@@ -25,6 +25,7 @@ cell itself takes the lock (:func:`memstudy.pipeline.cell.run_cell`).
 
 from __future__ import annotations
 
+import glob
 import os
 import re
 import socket
@@ -186,6 +187,8 @@ def visible_gpus() -> list[str]:
     """GPU ids this process may use: ``CUDA_VISIBLE_DEVICES`` if set, else all CUDA devices."""
     if "CUDA_VISIBLE_DEVICES" in os.environ:
         return [d.strip() for d in os.environ["CUDA_VISIBLE_DEVICES"].split(",") if d.strip()]
+    if sys.platform.startswith("linux") and not glob.glob("/dev/nvidia[0-9]*"):
+        return []  # no NVIDIA device at all: no need to import torch (seconds) to learn that
     import torch
 
     return [str(i) for i in range(torch.cuda.device_count())]

@@ -62,6 +62,9 @@ class GridProgress:
                 if outcome.status in ("skipped", "locked"):
                     self.cost[cid] = 0.0  # did no work here: keep it out of the speed
             if self.live:
+                if outcome.status != "running":  # a lasting line above the bars
+                    detail = f": {outcome.error}" if outcome.error else ""
+                    tqdm.write(f"{outcome.status} {cid}{took}{detail}", file=self.stream)
                 self._redraw()
             else:
                 detail = f": {outcome.error}" if outcome.error else ""
