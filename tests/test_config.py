@@ -53,5 +53,6 @@ def test_notebook_parameter_defaults_equal_the_config_defaults():
     exec(cell.source, namespace)
     params = {k: v for k, v in namespace.items() if not k.startswith("__")}
     assert params.pop("run_dir") == ""
+    assert params.pop("data_root") == ""  # "where", like run_dir: not a config field
     assert RunConfig.from_params(params) == RunConfig()
     assert set(params) == set(RunConfig.field_names())

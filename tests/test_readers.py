@@ -108,10 +108,77 @@ def test_the_data_root_comes_from_the_environment(tmp_path, monkeypatch):
     assert len(load_sets(cfg_for("decathlon_brain")).train) == 8
 
 
-def test_every_layout_is_documented_in_the_book():
+def test_every_layout_is_documented_in_the_book_with_its_command():
     from pathlib import Path
 
-    page = (Path(__file__).resolve().parents[1] / "book" / "data.md").read_text()
+    root = Path(__file__).resolve().parents[1]
+    page = (root / "book" / "data.md").read_text()
+    assert "file: book/data" in (root / "_toc.yml").read_text()
     for name, layout in LAYOUTS.items():
-        assert f"dataset={name}" in page.replace(":", "=", 0) or name in page, name
-        assert layout.split(" ")[0].split(",")[0] in page, layout
+        value = "medmnist:organamnist_64" if name == "medmnist" else name
+        assert f"memstudy grid run quick --set dataset={value} --jobs 2" in page, name
+        assert layout.split(" ")[0].split("/")[0] in page, layout  # e.g. BraTS2021_XXXXX
+
+SMOKE = {"dataset_size": 8, "holdout_size": 8, "train_steps": 2, "ae_steps": 2, "encoder_steps": 2,
+         "ddim_steps": 2, "num_gen": 8, "image_size": 32}
+
+
+@pytest.mark.slow
+def test_a_real_data_grid_runs_through_the_notebook_and_its_book_shows_no_patient_pixels(
+        tmp_path, monkeypatch):
+    """Papermill smoke run on a fixture data set, then a one-page book built from it: without
+    show_patient_images no gallery or training example exists, in the run folder or the HTML."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from bs4 import BeautifulSoup
+
+    from memstudy.analysis import book
+    from memstudy.analysis.report import write_report
+    from memstudy.pipeline.grid import GridSpec
+    from memstudy.pipeline.runner import run_grid
+
+    monkeypatch.setenv("MEMSTUDY_DATA", str(fx.write_png_folder(tmp_path / "données réelles")))
+    results = tmp_path / "results"
+    spec = GridSpec.from_dict({"name": "realdata", "fixed": {"dataset": "folder", **SMOKE},
+                               "axes": {"show_patient_images": [False, True]}})
+    summary = run_grid(spec, results_dir=results, progress=False)
+    assert not summary.failed, summary.failed
+    hidden, shown = book.complete_cells(results / "realdata")
+    assert not book.patient_images_allowed(hidden) and book.patient_images_allowed(shown)
+    pixels = ("gallery_*.png", "train_examples.png")
+    assert not [p for g in pixels for p in (hidden / "figures").glob(g)]
+    assert all(list((shown / "figures").glob(g)) for g in pixels)  # the opt-in draws them
+    data = json.loads((hidden / "data.json").read_text())
+    assert data["has_patient_ids"] is False and "each image is its own patient" in data["patient_ids"]
+    write_report(results / "realdata")
+
+    root = Path(__file__).resolve().parents[1]
+    src = tmp_path / "mini_book"
+    src.mkdir()
+    shutil.copy(root / "_config.yml", src)
+    shutil.copy(root / "book" / "results_cell.md", src)
+    (src / "_toc.yml").write_text("format: jb-book\nroot: results_cell\n")
+    env = {**os.environ, "MEMSTUDY_RESULTS": str(results), "MEMSTUDY_BOOK_PRESET": "realdata"}
+    out = subprocess.run([str(Path(sys.executable).parent / "jupyter-book"), "build", str(src),
+                          "--path-output", str(tmp_path / "out")], env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    page = BeautifulSoup((tmp_path / "out" / "_build" / "html" / "results_cell.html").read_text(),
+                         "html.parser").find("article")
+    assert "Not shown: this figure would show images of real patients" in page.get_text()
+    assert "each image is its own patient" in page.get_text()
+    # what is left: one histogram per detector and the training curve, no patient pixels
+    assert len(page.find_all("img")) == len(RunConfig().detectors) + 1
+
+
+def test_the_quick_grid_is_pointed_at_a_data_set_with_one_flag(capsys, tmp_path, monkeypatch):
+    from memstudy.cli import main
+
+    monkeypatch.setenv("MEMSTUDY_RESULTS", str(tmp_path))
+    assert main(["grid", "run", "quick", "--set", "dataset=medmnist:organamnist_64", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "grid quick-medmnist_organamnist_64 " in out and "dataset=medmnist:organamnist_64" in out

@@ -186,6 +186,9 @@ def _add_grid_run(grid_commands) -> None:
     run.add_argument("--results", type=Path, metavar="DIR",
                      help="results root (default: $MEMSTUDY_RESULTS or ./results)")
     run.add_argument("--only", nargs="+", metavar="CELL_ID", help="run only these cells")
+    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                     help="give every cell this RunConfig value (e.g. --set dataset=brats2021); "
+                     "results then go to <spec name>-<values>/, apart from the spec's own")
     run.add_argument("--no-retry-failed", action="store_true",
                      help="leave cells that failed before (error.json) alone")
     run.add_argument("--no-progress", action="store_true",
@@ -221,6 +224,23 @@ def _minutes(text: str) -> int:
     raise argparse.ArgumentTypeError(f"{text!r} is not minutes or H:MM:SS")
 
 
+def _with_set(spec_name: str, items: list[str]):
+    """The spec with ``--set KEY=VALUE`` values fixed for every cell, under a name of its own."""
+    if not items:
+        return spec_name
+    from .pipeline.grid import GridSpec, load_spec
+
+    spec = load_spec(spec_name)
+    pairs = [item.partition("=") for item in items]
+    bad = [item for item, (_, sep, _) in zip(items, pairs) if not sep]
+    if bad:
+        raise ConfigError(f"--set {bad[0]!r} is not KEY=VALUE, e.g. --set dataset=brats2021.")
+    fixed = {**spec.fixed, **{k.strip(): v.strip() for k, _, v in pairs}}
+    tag = "-".join(v.strip().replace(":", "_") for _, _, v in pairs)
+    return GridSpec.from_dict({**spec.to_dict(), "name": f"{spec.name}-{tag}", "fixed": fixed},
+                              source=f"{spec.source} with --set {' '.join(items)}")
+
+
 def _grid_run(args: argparse.Namespace) -> int:
     from .pipeline.executors import SlurmOptions
     from .pipeline.runner import GridInterrupted, run_grid
@@ -230,7 +250,7 @@ def _grid_run(args: argparse.Namespace) -> int:
                          mem_gb=args.slurm_mem_gb, gpus_per_node=args.slurm_gpus)
     executor = args.executor or ("local" if (args.jobs or 1) > 1 else "sequential")
     try:
-        summary = run_grid(args.spec, results_dir=args.results, executor=executor,
+        summary = run_grid(_with_set(args.spec, args.set), results_dir=args.results, executor=executor,
                            jobs=args.jobs, dry_run=args.dry_run,
                            retry_failed=not args.no_retry_failed, only=args.only, slurm=slurm,
                            progress=not args.no_progress)

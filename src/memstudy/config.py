@@ -34,6 +34,11 @@ MODELS_3D = ("ldm", "pixel_dm", "autoencoder")  # the GAN is 2D only
 SPLITS = ("train", "holdout", "test", "reference")
 SPLIT_FRACTIONS = (0.5, 0.2, 0.15, 0.15)
 DATASETS = ("cohort", "medmnist:<flag>")  # medmnist reads $MEMSTUDY_DATA/<flag>.npz
+# Local real data sets (memstudy.data.readers), read from $MEMSTUDY_DATA; "name:option" picks
+# a sequence/channel where the layout has several (e.g. "brats2021:t1ce").
+REAL_DATASETS = {"brats2020": ("flair", "t1", "t1ce", "t2"), "brats2021": ("flair", "t1", "t1ce", "t2"),
+                 "decathlon_brain": ("flair", "t1", "t1gd", "t2"), "chest_xray": (),
+                 "nih_cxr14": (), "folder": (), "medmnist": None}  # None: the option is required
 
 
 class ConfigError(ValueError):
@@ -99,6 +104,8 @@ class RunConfig:
     tau_percentile: float = 95.0  # tau = this percentile of train->holdout max similarity
     membership: bool = True  # loss-based membership inference at each checkpoint (diffusion)
     device: str = "auto"  # "auto" = CUDA when available, else CPU
+    show_patient_images: bool = False  # real data only: also draw figures showing patient
+    #                                    pixels (galleries, training examples); off by default
 
     # ----------------------------------------------------------------------------------
     @classmethod
@@ -126,9 +133,7 @@ class RunConfig:
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` on the first value that cannot work, saying what to do."""
-        if self.dataset != "cohort" and not (self.dataset.startswith("medmnist:") and self.dataset[9:]):
-            raise ConfigError(f"dataset={self.dataset!r} is not one of {', '.join(DATASETS)} "
-                              "(e.g. 'medmnist:organamnist_64' for $MEMSTUDY_DATA/organamnist_64.npz).")
+        _check_dataset(self.dataset)
         _choice("model", self.model, MODELS)
         if self.spatial_dims == 3:
             self._validate_3d()
@@ -208,6 +213,12 @@ class RunConfig:
 
     # ----------------------------------------------------------------------------------
     @property
+    def may_show_patient_images(self) -> bool:
+        """Figures of training/holdout pixels are drawn for the generated cohort, and for real
+        data only when ``show_patient_images`` opts in (a published book must not leak them)."""
+        return self.dataset == "cohort" or self.show_patient_images
+
+    @property
     def eval_steps(self) -> tuple[int, ...]:
         """Sorted training lengths at which the model is sampled and measured."""
         if self.model in ("autoencoder", "control_positive", "control_negative"):
@@ -231,6 +242,19 @@ class RunConfig:
 
     def replace(self, **changes: Any) -> "RunConfig":
         return RunConfig.from_params({**self.to_dict(), **changes})
+
+
+def _check_dataset(dataset: str) -> None:
+    """``cohort``, ``medmnist:<flag>`` or a local layout, with a valid option if any."""
+    name, sep, option = dataset.partition(":")
+    options = REAL_DATASETS.get(name, ())
+    valid = (dataset == "cohort" or (name in REAL_DATASETS and (
+        (options is None and option) or (options is not None and (not sep or option in options)))))
+    if not valid:
+        forms = ", ".join([*DATASETS, *(f"{n}[:{'|'.join(o)}]" if o else n
+                                        for n, o in REAL_DATASETS.items() if o is not None)])
+        raise ConfigError(f"dataset={dataset!r} is not one of {forms} (e.g. 'brats2021', "
+                          "'medmnist:organamnist_64' for $MEMSTUDY_DATA/organamnist_64.npz).")
 
 
 def _choice(name: str, value: str, valid: tuple[str, ...]) -> None:

@@ -58,11 +58,36 @@ def figure(path: Path, caption: str = "") -> None:
     from IPython.display import Image, Markdown, display
 
     path = Path(path)
+    if path.name.startswith(PATIENT_FIGURES) and not patient_images_allowed(path.parent.parent):
+        display(Markdown(privacy_notice(path.parent.parent)))  # real patients: numbers only
+        return
     if not path.exists():
         raise FileNotFoundError(f"{path} is missing: rerun the cell that should have written it.")
     display(Image(filename=str(path)))
     where = path.relative_to(results_dir()) if path.is_relative_to(results_dir()) else path
     display(Markdown(f"*{caption}{' — ' if caption else ''}from `{where}`.*"))
+
+
+PATIENT_FIGURES = ("gallery_", "train_examples")  # run-folder figures showing patient pixels
+
+
+def patient_images_allowed(run_dir: Path) -> bool:
+    """May a page show this run's training and holdout pixels? Always for the generated
+    cohort; for real patients only if the run set ``show_patient_images``."""
+    cfg = read_json(Path(run_dir) / "config.json")
+    return cfg.get("dataset", "cohort") == "cohort" or bool(cfg.get("show_patient_images"))
+
+
+def privacy_notice(run_dir: Path) -> str:
+    """What a page says instead of a figure of real patients' images."""
+    cfg = read_json(Path(run_dir) / "config.json")
+    data = Path(run_dir) / "data.json"
+    ids = read_json(data).get("patient_ids") if data.exists() else None
+    return (f"*Not shown: this figure would show images of real patients (`{cfg['dataset']}`). "
+            "The numbers on this page are computed from them; the figure was not drawn, not even in "
+            "the run folder. Set `show_patient_images: true` only for data you may publish."
+            + (f" Patient ids: {ids}." if ids else "") + "*")
+
 
 
 def last_step_figures(run_dir: Path, detector: str = "contrastive") -> tuple[Path, Path]:

@@ -86,6 +86,9 @@ def run_cell(cfg: RunConfig, run_dir: str | Path | None = None, progress: bool =
 
 
 def _run_cell(cfg: RunConfig, run_dir: Path, progress: bool) -> dict:
+    # Data are read and checked before the folder is claimed: bad input (DataError, naming the
+    # file) leaves no run folder that looks started.
+    sets = None if is_complete(run_dir) else load_sets(cfg)
     claim_run_dir(cfg, run_dir)
     if is_complete(run_dir):
         return read_json(run_dir / "metrics.json")
@@ -96,7 +99,8 @@ def _run_cell(cfg: RunConfig, run_dir: Path, progress: bool) -> dict:
         torch.use_deterministic_algorithms(True, warn_only=True)
     write_json_atomic(run_dir / "env.json", environment(device))
 
-    sets = load_sets(cfg)
+    if sets.info:  # real data: where they came from, and how patients were identified
+        write_json_atomic(run_dir / "data.json", sets.info)
     write_json_atomic(run_dir / "split.json", {
         **{k: v.tolist() for k, v in sets.split.items()},
         "train_used": np.unique(sets.train.patient_id).tolist(),
@@ -110,7 +114,9 @@ def _run_cell(cfg: RunConfig, run_dir: Path, progress: bool) -> dict:
                                                    "null_used": np.unique(null.patient_id).tolist()})
     train, holdout = sets.tensors()
     source = f"run {run_dir.name}"
-    if cfg.spatial_dims == 3:  # one volume per patient, shown as three mid-slices
+    if not cfg.may_show_patient_images:
+        pass  # real patients: no figure of their pixels without show_patient_images
+    elif cfg.spatial_dims == 3:  # one volume per patient, shown as three mid-slices
         figures.save(plot_volumes(sets.train.images, sets.train.patient_id),
                      run_dir / "figures" / "train_examples.png")
     else:
@@ -189,8 +195,8 @@ def evaluate_checkpoint(cfg: RunConfig, step: int, model, sets: Sets, detectors:
             f"{det.name} detector, step {step}: {found.result.copy_rate:.0%} copies, "
             f"{found.result.mem_rate:.0%} of training memorized", source),
             run_dir / "figures" / f"hist_{name}.png")
-        if step != max(cfg.eval_steps):  # galleries are read at the last checkpoint only
-            continue
+        if step != max(cfg.eval_steps) or not cfg.may_show_patient_images:
+            continue  # galleries: last checkpoint only, and real patients only on opt-in
         gallery = volume_gallery if cfg.spatial_dims == 3 else figures.nearest_gallery
         figures.save(gallery(
             gen.numpy(), sets.train.images, sets.holdout.images, found.sim_gen_train,
