@@ -91,9 +91,21 @@ def test_a_clear_trend_holds_and_noise_does_not():
 
 def test_null_calibration_false_holds_at_most_5_percent():
     """The acceptance test: on 400 simulated null grids the procedure says "holds" <= 5 %."""
-    for n_levels, n_reps in [(3, 3), (2, 5), (4, 3)]:
-        rate = stats.simulate_false_holds(n_grids=400, n_levels=n_levels, n_replicates=n_reps, seed=n_levels)
-        assert rate <= 0.05, (n_levels, n_reps, rate)
+    for method in ("glm", "permutation"):
+        for n_levels, n_reps in [(3, 3), (2, 5), (4, 3), (2, 3)]:
+            rate = stats.simulate_false_holds(n_grids=400, n_levels=n_levels, n_replicates=n_reps,
+                                              seed=n_levels + n_reps, method=method)
+            assert rate <= 0.05, (method, n_levels, n_reps, rate)
+
+
+def test_glm_trend_test_is_paired_by_replicate():
+    # replicate effects far larger than the trend: only a paired test sees the trend
+    rep = np.array([0.0, 0.5, 1.0])
+    levels = [rep + 0.00 + [0.001, -0.001, 0.0], rep + 0.05 + [0.0, 0.001, -0.001], rep + 0.10]
+    paired = stats.glm_trend_test(levels, [np.arange(3)] * 3)
+    unpaired = stats.glm_trend_test(levels)
+    assert paired["slope"] == pytest.approx(0.05, abs=1e-3)
+    assert paired["p_up"] < 1e-4 < unpaired["p_up"]
 
 
 def test_power_on_a_large_effect_is_high():
@@ -104,3 +116,13 @@ def test_power_on_a_large_effect_is_high():
 def test_holm_keeps_nans():
     out = stats.holm([0.01, np.nan, 0.04])
     assert np.isnan(out[1]) and out[0] == pytest.approx(0.02) and out[2] == pytest.approx(0.04)
+
+
+def test_patient_audit_names_the_worst_patient_and_pools_membership_over_slices():
+    from memstudy.metrics.patient import patient_audit
+
+    audit = patient_audit(np.repeat([3, 1, 2], 2), np.array([.9, .95, .5, .6, .99, .7]), 0.92,
+                          np.array([1, 1, 2, 2, .5, .5]), np.array([1.5, 1.5, 2.5, .2]))
+    assert audit.patient_id.tolist() == [2, 3, 1]  # worst copy margin first
+    assert audit.copied.tolist() == [True, True, False]
+    assert audit.membership_score.tolist() == [0.75, 0.75, 0.25]

@@ -23,7 +23,8 @@ import numpy as np
 import pandas as pd
 
 from ..config import RunConfig
-from .stats import ALPHA, change_interval, holm, outcome, trend_test
+from .stats import (ALPHA, change_interval, glm_trend_test, holm, mean_interval, outcome,
+                    trend_test)
 
 SIZE_ORDER = ["XS", "S", "M", "L"]
 AUG_ORDER = ["none", "flip_rotate", "strong"]
@@ -113,7 +114,11 @@ def judge(df: pd.DataFrame, plan: dict, claim: Claim, detector: str, rate: str) 
     values = [b[value].to_numpy(float) for b in by]
     # a cell's sampling error, from its 95 % interval of the excess (normal approximation)
     sds = [((b[f"{value}_hi"] - b[f"{value}_lo"]) / 3.92).to_numpy(float) for b in by]
-    test = trend_test(values)
+    # The verdict's test: a Gaussian GLM with the replicate as a fixed effect (paired: the
+    # cells of one replicate share their patients). The permutation test is shown beside it.
+    reps = [b["seed"].to_numpy() for b in by] if "seed" in rows else None
+    test = glm_trend_test(values, reps)
+    p_perm = float(trend_test(values)["p"])
     ch = change_interval(values, sds)
     fmt = (lambda v: f"{v:.2f}") if rate == "mia_auc" else (lambda v: f"{v:+.0%}")
     raw = (lambda v: f"{v:.2f}") if rate == "mia_auc" else (lambda v: f"{v:.0%}")
@@ -125,7 +130,8 @@ def judge(df: pd.DataFrame, plan: dict, claim: Claim, detector: str, rate: str) 
             "values": " → ".join(fmt(v.mean()) for v in values),
             "n_replicates": "/".join(str(len(v)) for v in values),
             "epochs": " → ".join(f"{b['epochs'].mean():.0f}" for b in by) if "epochs" in rows else "",
-            "slope": float(test["slope"]), "p": float(test["p"]), "change": ch["change"],
+            "slope": float(test["slope"]), "p": float(test["p"]), "p_perm": p_perm,
+            "change": ch["change"],
             "change_lo": ch["lo"], "change_hi": ch["hi"]}
 
 
@@ -188,7 +194,8 @@ def verdicts(df: pd.DataFrame, plan: dict, detectors=None, alpha: float = ALPHA)
     """Every claim under every view, Holm-corrected together: the long table the book reads.
 
     Columns: ``claim, source, axis, expect, detector, metric, levels, rates, nulls, values``
-    (mean excess per level), ``n_replicates, epochs, slope, p, p_holm, change, change_lo,
+    (mean excess per level), ``n_replicates, epochs, slope, p`` (GLM), ``p_perm``
+    (permutation, shown only), ``p_holm, change, change_lo,
     change_hi, verdict`` (holds / opposite / inconclusive) and ``primary`` (the view chosen by
     the methods chapter's rule).
     """
@@ -234,3 +241,29 @@ def headline(table: pd.DataFrame, preset: str) -> str:
     if opp:
         text += " Opposite: " + "; ".join(opp) + "."
     return text
+
+
+def level_table(df: pd.DataFrame, plan: dict, axis: str, detector: str,
+                rates=("copy_rate", "mem_rate", "patients_matched_rate")) -> pd.DataFrame:
+    """Each level of a star spoke at its cells' last checkpoint: every rate's mean over
+    replicates beside its null and its excess with a 95 % interval (replicates, then samples)."""
+    claim = Claim(axis, axis, "up", "")
+    rows = _claim_rows(df[df["status"] == "complete"], plan, claim, detector)
+    if axis == "model":  # the controls are this axis's levels: keep them
+        rows = axis_slice(df, plan, axis, detector)
+        rows = rows[rows["step"] == rows.groupby("cell")["step"].transform("max")]
+    out = []
+    for level in ordered_levels(axis, rows[axis]) if not rows.empty else []:
+        at = rows[rows[axis] == level]
+        entry = {axis: level, "replicates": len(at)}
+        if "epochs" in at:
+            entry["passes"] = at["epochs"].mean()
+        for rate in rates:
+            if f"excess_{rate}" not in at or at[f"excess_{rate}"].isna().all():
+                continue
+            ex = mean_interval(at[f"excess_{rate}"], (at[f"excess_{rate}_hi"] - at[f"excess_{rate}_lo"]) / 3.92)
+            entry |= {rate: at[rate].mean(), f"null_{rate}": at[f"null_{rate}"].mean(),
+                      f"excess_{rate}": ex["mean"], f"excess_{rate}_lo": ex["lo"],
+                      f"excess_{rate}_hi": ex["hi"]}
+        out.append(entry)
+    return pd.DataFrame(out)

@@ -172,3 +172,43 @@ def _typed(df: pd.DataFrame, fields: list[str]) -> pd.DataFrame:
                    if hints[f] in (int, float)})
     dtypes.update(detector="string", error="string")  # else all-missing would make them float
     return df.astype(dtypes).reset_index(drop=True)
+
+
+def cell_audit(run_dir: str | Path, detector: str, step: int | None = None) -> pd.DataFrame:
+    """Per-patient audit of one cell at one checkpoint (default: its last), from its files.
+
+    Reads ``eval/step_XXXXXX_<detector>.npz`` (similarities, tau, training patient ids) and,
+    when the cell ran the membership attack, ``eval/step_XXXXXX_membership.npz`` (per-slice
+    losses); see :func:`memstudy.metrics.patient.patient_audit` for the columns.
+    """
+    import numpy as np
+
+    from ..metrics.patient import patient_audit
+
+    run_dir = Path(run_dir)
+    if step is None:
+        step = max(r["step"] for r in read_json(run_dir / "metrics.json")["rows"])
+    det = np.load(run_dir / "eval" / f"step_{step:06d}_{detector}.npz")
+    mem_path = run_dir / "eval" / f"step_{step:06d}_membership.npz"
+    mem = np.load(mem_path) if mem_path.exists() else None
+    pid = det["train_pid"] if "train_pid" in det else (mem["train_pid"] if mem is not None else None)
+    if pid is None:
+        raise FileNotFoundError(f"{run_dir}: no training patient ids at step {step}; rerun the cell "
+                                "with this version of memstudy to record them.")
+    tau = float(det["tau"]) if "tau" in det else float(np.percentile(det["sim_train_holdout"], 95))
+    losses = {}
+    if mem is not None:
+        losses = {"loss_train": mem["loss_train"],
+                  "loss_nonmembers": np.r_[mem["loss_holdout"], mem["loss_null"]]}
+    return patient_audit(pid, det["sim_train_gen"], tau, **losses).assign(step=step)
+
+
+def grid_audit(df: pd.DataFrame, results_dir: str | Path, detector: str) -> pd.DataFrame:
+    """:func:`cell_audit` of every complete generative cell (controls left out), one table."""
+    results_dir = Path(results_dir)
+    done = df[(df["status"] == "complete") & (df["detector"] == detector)]
+    if "model" in done:
+        done = done[~done["model"].astype(str).str.startswith("control_")]
+    parts = [cell_audit(results_dir / cell, detector).assign(cell=cell)
+             for cell in done["cell"].unique()]
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()

@@ -174,11 +174,13 @@ def evaluate_checkpoint(cfg: RunConfig, step: int, model, sets: Sets, detectors:
                      else (gen, holdout))
     shared = {"fd": quality.frechet_distance(ruler, q_gen, q_real),
               "ms_ssim_gen": quality.ms_ssim_diversity(q_gen, seed=step),
-              "ms_ssim_real": quality.ms_ssim_diversity(q_real, seed=step)}
+              "ms_ssim_real": quality.ms_ssim_diversity(q_real, seed=step),
+              **quality.feature_mmd(ruler, q_gen, q_real, seed=step)}  # unbiased, with interval
     rows = []
     for det in detectors:
         found = score(det, train, holdout, gen, cfg.tau_percentile)
-        save_atomic(lambda p: np.savez_compressed(p, **found.arrays()),
+        save_atomic(lambda p: np.savez_compressed(p, **found.arrays(), tau=found.result.tau,
+                                                  train_pid=sets.train.patient_id),
                     run_dir / "eval" / f"step_{step:06d}_{det.name}.npz")
         patients = patient_level(found.sim_gen_train, found.nn_gen_train, sets.train.patient_id,
                                  found.sim_holdout_train, sets.holdout.patient_id)
