@@ -164,3 +164,35 @@ def test_dims_table_puts_each_arm_beside_its_null_with_intervals():
     assert starts[3] == 100 and pd.isna(starts[2])
     with pytest.raises(ValueError, match="grid run dims"):
         dims_table(df.drop(columns="excess_copy_rate"))
+
+
+def test_the_dims_preset_pairs_2d_and_3d_cells_on_the_same_patients():
+    from memstudy.data.sets import cell_patients
+    from memstudy.pipeline.grid import load_spec
+
+    cells = load_spec("dims").cells()
+    assert {c.config.spatial_dims for c in cells} == {2, 3}
+    by_key = {}
+    for c in cells:
+        key = (c.config.dataset_size, c.config.seed)
+        by_key.setdefault(key, []).append(c.config)
+    for pair in by_key.values():
+        flat, vol = sorted(pair, key=lambda cfg: cfg.spatial_dims)
+        assert flat.replace(spatial_dims=3) == vol  # only the dimensionality differs
+        np.testing.assert_array_equal(cell_patients(flat)[1], cell_patients(vol)[1])
+    assert len({k[1] for k in by_key}) >= 2  # replicates
+
+
+def test_never_seen_volumes_of_the_null_and_negative_control_are_test_share_and_disjoint():
+    from memstudy.data.volumes import unseen_volumes
+    from memstudy.models.controls import UNSEEN_SALT
+
+    cfg = CFG.replace(model="control_negative")
+    null = unseen_volumes(cfg, 4, UNSEEN_SALT)
+    negative = unseen_volumes(cfg, 4, UNSEEN_SALT, skip=4)
+    test_share = set(patient_split(cfg)["test"])
+    assert set(null.patient_id) <= test_share and set(negative.patient_id) <= test_share
+    assert not set(null.patient_id) & set(negative.patient_id)
+    assert null.images.shape == (4, 1, 16, 16, 16)
+    with pytest.raises(ValueError, match="raise cohort_patients"):
+        unseen_volumes(cfg, len(test_share), UNSEEN_SALT, skip=1)

@@ -24,7 +24,7 @@ DETECTORS = ("contrastive", "pixel", "nn_ratio", "ssim", "external",
 # Detectors that compare whole volumes (3D cells): contrastive3d is Dar et al.'s 3D encoder; the
 # others flatten their input. contrastive, ssim and external work on 2D slices only.
 DETECTORS_3D = ("contrastive3d", "pixel", "nn_ratio")
-MODELS_3D = ("ldm", "pixel_dm", "autoencoder")  # the GAN is 2D only
+MODELS_3D = ("ldm", "pixel_dm", "autoencoder", "control_positive", "control_negative")  # no 3D GAN
 # The patient pool is split once, by patient, into four shares (memstudy.data.splits):
 # - train: cells draw their training patients from it;
 # - holdout: cells draw the held-out patients that calibrate tau and act as non-members;

@@ -54,18 +54,19 @@ def volume_sets(cfg: RunConfig) -> Sets:
                 split=split)
 
 
-def unseen_volumes(cfg: RunConfig, n: int, salt: int) -> Cohort:
+def unseen_volumes(cfg: RunConfig, n: int, salt: int, skip: int = 0) -> Cohort:
     """Volumes of ``n`` test-share patients (no model or ruler sees them): the null of 3D rates.
 
     Drawn in the order :func:`memstudy.models.controls.unseen_slices` uses for slices (same
     ``salt``), so a 3D cell's null patients are the first ones a 2D cell's null is taken from.
+    ``skip`` leaves out that many patients at the start (the negative control skips the null's).
     """
     test_ids = patient_split(cfg)["test"]
-    if n > len(test_ids):
-        raise ValueError(f"the test share holds {len(test_ids)} patients, fewer than the {n} "
-                         "never-seen volumes asked for: raise cohort_patients or lower num_gen.")
+    if skip + n > len(test_ids):
+        raise ValueError(f"the test share holds {len(test_ids)} patients, fewer than the "
+                         f"{skip + n} never-seen volumes needed: raise cohort_patients or lower num_gen.")
     order = np.random.default_rng([cfg.data_seed, cfg.seed, salt]).permutation(test_ids)
-    return patient_volumes(order[:n], cfg)
+    return patient_volumes(order[skip:skip + n], cfg)
 
 
 def mid_slices(volumes: np.ndarray) -> list[np.ndarray]:

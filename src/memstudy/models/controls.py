@@ -85,8 +85,13 @@ class NegativeControl(_RoundTrip):
     """Slices of never-seen (test-share) patients through the autoencoder: no sample is a copy."""
 
     def __init__(self, cfg: RunConfig, ae, device: str):
-        skip = -(-cfg.num_gen // cfg.slices_per_patient)  # the null set's patients
-        unseen = unseen_slices(cfg, cfg.num_gen, UNSEEN_SALT, skip=skip)
+        if cfg.spatial_dims == 3:  # one volume per patient, after the null set's patients
+            from ..data.volumes import unseen_volumes
+
+            unseen = unseen_volumes(cfg, cfg.num_gen, UNSEEN_SALT, skip=cfg.num_gen)
+        else:
+            skip = -(-cfg.num_gen // cfg.slices_per_patient)  # the null set's patients
+            unseen = unseen_slices(cfg, cfg.num_gen, UNSEEN_SALT, skip=skip)
         super().__init__(cfg, ae, torch.from_numpy(unseen.images), device)
 
 
