@@ -18,12 +18,15 @@ run on a GPU by the session that wrote it: ``memstudy bench --gpu`` is the check
 
 from __future__ import annotations
 
+import functools
 import os
 import warnings
 
 import torch
 
-COMPILE_ENV = "MEMSTUDY_COMPILE"  # "0" turns torch.compile off on CUDA (e.g. to compare)
+# On CUDA: "1" (default) torch.compile's default mode; "0" eager (e.g. to compare);
+# "reduce-overhead" adds CUDA graphs (kernel launches replayed as one graph); "max-autotune".
+COMPILE_ENV = "MEMSTUDY_COMPILE"
 
 
 def on_cuda(device: str | torch.device) -> bool:
@@ -39,7 +42,9 @@ def channels_last(x, device: str):
     """A module or a 4-D tensor in channels-last layout on CUDA (faster convs); else unchanged."""
     if not on_cuda(device):
         return x
-    if isinstance(x, torch.nn.Module):
+    if isinstance(x, torch.nn.Module):  # 3D networks (5-D weights) keep their layout
+        if any(p.dim() == 5 for p in x.parameters()):
+            return x
         return x.to(memory_format=torch.channels_last)
     return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
 
@@ -83,6 +88,9 @@ class CompiledOrEager(torch.nn.Module):
 def maybe_compile(module: torch.nn.Module, device: str, compile_fn=None) -> torch.nn.Module:
     """``module`` wrapped in :class:`CompiledOrEager` on CUDA (unless ``MEMSTUDY_COMPILE=0``);
     on a CPU the module itself, so CPU numbers stay bit-identical to eager."""
-    if not on_cuda(device) or os.environ.get(COMPILE_ENV, "1") == "0":
+    mode = os.environ.get(COMPILE_ENV, "1")
+    if not on_cuda(device) or mode == "0":
         return module
+    if compile_fn is None and mode != "1":
+        compile_fn = functools.partial(torch.compile, mode=mode)
     return CompiledOrEager(module, compile_fn)
