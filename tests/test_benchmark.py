@@ -11,8 +11,10 @@ import pytest
 import torch
 
 from memstudy.validation.planted import (CHANGES, KINDS, NOVEL, PATIENT, build_sets, detector_metrics, main, run_benchmark)
+from memstudy.validation.summary import summarize
 
-SMALL = dict(image_size=32, n_train=16, n_holdout=16, n_per_change=8, n_novel=16, seed=3)
+SMALL = dict(image_size=32, n_train=16, n_holdout=16, n_per_change=8, n_novel=16, seed=3,
+             decode_steps=2)
 
 
 @pytest.fixture(scope="module")
@@ -33,9 +35,52 @@ def test_exact_queries_equal_their_source_training_slice(sets):
     assert torch.equal(sets.queries[exact], train[sets.source[exact]])
 
 
+def test_every_listed_change_is_planted():
+    for change in ("flip", "blur", "decoded", "combined", "shift", "rotate", "intensity",
+                   "noise", "elastic"):
+        assert change in CHANGES
+
+
+def test_flips_mirror_and_blur_smooths_their_source(sets):
+    train = torch.from_numpy(sets.train.images)
+    flip = np.flatnonzero(sets.kind == "flip")
+    assert torch.equal(sets.queries[flip], torch.flip(train[sets.source[flip]], (-1,)))
+    blur = np.flatnonzero(sets.kind == "blur")
+    q, src = sets.queries[blur], train[sets.source[blur]]
+    grad = lambda x: (x[..., 1:] - x[..., :-1]).abs().mean()  # noqa: E731
+    assert grad(q) < 0.8 * grad(src)  # a blurred copy has weaker edges
+    assert abs(q.mean() - src.mean()) < 0.01  # and the same brightness
+
+
+def test_combined_copies_carry_several_changes_at_once(sets):
+    train = torch.from_numpy(sets.train.images)
+    rows = np.flatnonzero(sets.kind == "combined")
+    q, src = sets.queries[rows], train[sets.source[rows]]
+    # shifted and rotated: no longer aligned with the source; noisy: rough where it was flat
+    assert ((q - src).abs().flatten(1).mean(1) > 0.01).all()
+    background = src < 1e-3
+    assert (q[background] > 0).float().mean() > 0.2
+
+
+def test_decoded_copies_are_the_round_trip_of_an_autoencoder(sets):
+    rows = np.flatnonzero(sets.kind == "decoded")
+    assert len(rows) == 8 and type(sets.queries) is torch.Tensor  # no MONAI metadata
+    again = build_sets(**SMALL)  # cached autoencoder: the same decoded copies
+    assert torch.equal(again.queries[rows], sets.queries[rows])
+
+
+def test_one_pool_for_every_seed_changes_only_the_patients_drawn():
+    a = build_sets(**{**SMALL, "seed": 0}, data_seed=5)
+    b = build_sets(**{**SMALL, "seed": 1}, data_seed=5)
+    assert all(np.array_equal(a.split[k], b.split[k]) for k in a.split)
+    assert not np.array_equal(a.train.patient_id, b.train.patient_id)
+    assert np.isin(a.patient_id[a.kind == NOVEL], a.split["test"]).all()
+
+
 def test_changed_copies_differ_from_but_stay_close_to_their_source(sets):
     train = torch.from_numpy(sets.train.images)
-    for change in CHANGES[1:]:
+    # a flip moves every pixel; an autoencoder of 2 steps (SMALL) decodes noise
+    for change in [c for c in CHANGES[1:] if c not in ("flip", "decoded")]:
         rows = np.flatnonzero(sets.kind == change)
         q, src = sets.queries[rows], train[sets.source[rows]]
         diff = (q - src).abs().flatten(1).mean(1)
@@ -88,18 +133,48 @@ def test_detector_metrics_on_hand_built_numbers():
     assert m["prevalence"] == pytest.approx(0.5)
 
 
+def test_summary_intervals_and_paired_test_on_hand_built_scores():
+    """Two seeds x 40 patients: detector A flags every copy and no novel slice, B half of the
+    copies; the paired test must find A better, with intervals that hold the true rates."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for seed in (0, 1):
+        for p in range(40):
+            for kind in ("shift", "flip", NOVEL):
+                for det, flag in (("a", kind != NOVEL), ("b", kind != NOVEL and p % 2 == 0)):
+                    rows.append({"detector": det, "seed": seed, "query": len(rows) // 2,
+                                 "kind": kind, "patient_id": p, "flagged": flag, "tau": 0.5,
+                                 "sim": float(flag) + 0.1 * rng.random()})
+    table, recall, paired = summarize(pd.DataFrame(rows), nominal_fpr=0.05, reference="a",
+                                      n_boot=300)
+    a, b = table.set_index("detector").loc["a"], table.set_index("detector").loc["b"]
+    assert a.recall == 1 and a.fpr_novel == 0 and a.auc == 1 and a.min_recall_change == 1
+    assert b.recall == pytest.approx(0.5) and b.recall_lo < 0.5 < b.recall_hi
+    assert b.recall_hi - b.recall_lo < 0.3  # 80 patient clusters: a useful interval
+    assert a.fpr_excess == pytest.approx(-0.05)
+    rec = paired[(paired.detector == "b") & (paired.metric == "recall")].iloc[0]
+    assert rec["diff"] == pytest.approx(0.5) and rec.lo > 0 and rec.p < 0.01
+    assert set(recall.kind) == {"shift", "flip", NOVEL}
+
+
 def test_a_small_run_writes_every_file(tmp_path):
     out = tmp_path / "validation"
-    table = run_benchmark(32, 16, seed=1, detectors=("pixel", "nn_ratio", "ssim", "contrastive"),
+    table = run_benchmark(32, 16, seeds=(1, 2), detectors=("pixel", "nn_ratio", "ssim", "contrastive"),
                           out_dir=out, n_holdout=16, n_per_change=8, n_novel=16,
-                          encoder_steps=3, encoder_dim=16, progress=False)
+                          encoder_steps=3, encoder_dim=16, decode_steps=2, n_boot=100,
+                          progress=False)
     for name in ("validation.csv", "validation.parquet", "scores.csv", "scores.parquet",
+                 "recall.parquet", "paired.parquet", "per_seed.parquet",
                  "roc.png", "recall_by_change.png", "examples.png", "benchmark.json"):
         assert (out / name).stat().st_size > 0, name
     assert list(table.detector) == ["pixel", "nn_ratio", "ssim", "contrastive"]
     assert pd.read_parquet(out / "validation.parquet").equals(table)
+    assert (table.auc_lo <= table.auc).all() and (table.auc <= table.auc_hi).all()
+    assert (table.n_seeds == 2).all()
     scores = pd.read_csv(out / "scores.csv")
-    assert len(scores) == 4 * (6 * 8 + 8 + 16)
+    assert len(scores) == 2 * 4 * (len(CHANGES) * 8 + 8 + 16)
+    paired = pd.read_parquet(out / "paired.parquet")
+    assert set(paired.reference) == {"pixel"} and len(paired) == 3 * 3
     for det in ("pixel", "nn_ratio", "ssim"):  # exact copies are found and matched by all three
         row = table.set_index("detector").loc[det]
         assert row.recall_exact == 1.0
@@ -107,7 +182,7 @@ def test_a_small_run_writes_every_file(tmp_path):
         assert exact.nn_is_source.all()
     assert table.set_index("detector").loc["nn_ratio", "tau_rule"] == "fixed"
     meta = json.loads((out / "benchmark.json").read_text())
-    assert meta["params"]["encoder_steps"] == 3 and meta["n_queries"][NOVEL] == 16
+    assert meta["params"]["encoder_steps"] == 3 and meta["n_queries"][NOVEL] == 2 * 16
 
 
 def test_command_line_help_and_errors(tmp_path, capsys):

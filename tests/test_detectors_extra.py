@@ -12,7 +12,8 @@ from memstudy.detect.external import EXTERNAL_ENV, ExternalDetector
 from memstudy.detect.factory import ALL_DETECTORS, make_detector
 from memstudy.detect.nn_ratio import NNRatioDetector, nn_distance_ratio
 from memstudy.detect.pixel import PixelDetector
-from memstudy.detect.ssim import SSIMDetector, pairwise_ssim
+from memstudy.detect.ssim import SSIMDetector, pairwise_ssim, pairwise_ssim_matrix
+from memstudy.detect.trusted import TrustedSpec
 from memstudy.metrics.patient import patient_level
 from memstudy.metrics.scoring import score
 
@@ -104,6 +105,33 @@ def test_ssim_nearest_is_the_best_pair_of_the_full_matrix(slices):
     assert (torch.as_tensor(idx)[:, 0] == full.argmax(dim=1)).all()
 
 
+def test_the_batched_window_products_equal_the_filtered_product_maps(slices):
+    # The fast SSIM (one matrix product per window position) against the first implementation
+    # (a filtered product map per pair), with bands and chunks of every size.
+    a, b = slices
+    q, r = a[:9], b[:13]
+    slow = pairwise_ssim_matrix(q, r)
+    for max_floats in (1, 5_000, 2**23):
+        assert torch.allclose(pairwise_ssim(q, r, max_floats=max_floats), slow, atol=2e-6)
+    x64 = torch.nn.functional.interpolate(a[:3], size=64, mode="bilinear")
+    assert torch.allclose(pairwise_ssim(x64, x64.flip(0)), pairwise_ssim_matrix(x64, x64.flip(0)),
+                          atol=2e-6)
+
+
+def test_the_ssim_detector_reuses_the_transpose_of_a_search_the_other_way(slices, monkeypatch):
+    from memstudy.detect import ssim as ssim_mod
+
+    a, b = slices
+    calls = []
+    real = ssim_mod.pairwise_ssim
+    monkeypatch.setattr(ssim_mod, "pairwise_ssim", lambda q, r, *args: calls.append(1) or real(q, r, *args))
+    found = score(SSIMDetector(), a[:16], b[:12], a[20:30])
+    assert len(calls) == 3  # gen-train, gen-holdout, train-holdout; the other two are transposes
+    full = real(a[:16], a[20:30])
+    assert np.allclose(found.sim_train_gen, full.max(dim=1).values.numpy(), atol=1e-6)
+    assert np.allclose(found.sim_gen_train, full.max(dim=0).values.numpy(), atol=1e-6)
+
+
 def test_ssim_detector_flags_planted_copies_with_holdout_tau(slices):
     a, b = slices
     gen = torch.cat([a[:4], (a[4:8] + 0.02).clamp(0, 1)])
@@ -167,8 +195,9 @@ def test_make_detector_builds_every_name(tmp_path, monkeypatch):
     path = tmp_path / "encoder.pt"
     torch.jit.script(_TinyEncoder()).save(str(path))
     monkeypatch.setenv(EXTERNAL_ENV, str(path))
+    tiny = TrustedSpec(cohort_patients=40, slices=2, steps=1, batch_size=4, ae_steps=1, dim=8)
     for name in ALL_DETECTORS:
-        det = make_detector(name, dim=16, steps=1, seed=0, device="cpu")
+        det = make_detector(name, dim=16, steps=1, seed=0, device="cpu", trusted=tiny)
         assert isinstance(det, Detector) and det.name == name
     with pytest.raises(ValueError, match="nn_ratio"):
         make_detector("sscd")

@@ -89,3 +89,56 @@ def test_clear_errors(run, tmp_path):
         filter_release(run, detector="ssim")
     with pytest.raises(FileNotFoundError, match="no synthetic set"):
         filter_release(tmp_path / "empty")
+
+
+# --- the filter's own error and the one-page report -------------------------------------------
+
+
+def _fake_benchmark(folder, image_size=4, seeds=(0, 1, 2)):
+    """A benchmark folder in which the contrastive filter caught 90 % of copies, 5 % of novel."""
+    import pandas as pd
+
+    folder.mkdir(parents=True)
+    pd.DataFrame([{"detector": "contrastive", "recall": 0.9, "recall_lo": 0.85, "recall_hi": 0.94,
+                   "fpr_novel": 0.05, "fpr_novel_lo": 0.02, "fpr_novel_hi": 0.09}]).to_parquet(
+        folder / "validation.parquet")
+    pd.DataFrame([{"detector": "contrastive", "kind": k, "rate": r, "lo": r - 0.1, "hi": 1.0, "n": 96}
+                  for k, r in (("shift", 0.8), ("flip", 1.0), ("novel", 0.05))]).to_parquet(
+        folder / "recall.parquet")
+    (folder / "benchmark.json").write_text(json.dumps({"params": {
+        "image_size": image_size, "detectors": ["contrastive", "pixel"], "seeds": list(seeds),
+        "seed": seeds[0]}}))
+
+
+def test_the_filter_error_comes_from_the_benchmark_at_the_same_size(run, tmp_path):
+    from memstudy.analysis.release import filter_error
+
+    _fake_benchmark(tmp_path / "results" / "validation_4px")
+    _fake_benchmark(tmp_path / "results" / "validation_8px", image_size=8, seeds=(0,))
+    err = filter_error("contrastive", 4, tmp_path / "results")
+    assert err["measured"] and err["seeds"] == [0, 1, 2]
+    assert err["sensitivity"] == pytest.approx(0.9) and err["miss_rate"] == pytest.approx(0.1)
+    assert (err["miss_rate_lo"], err["miss_rate_hi"]) == pytest.approx((0.06, 0.15))
+    assert err["specificity"] == pytest.approx(0.95)
+    assert (err["specificity_lo"], err["specificity_hi"]) == pytest.approx((0.91, 0.98))
+    assert set(err["by_change"]) == {"shift", "flip"}  # novel is not a change
+    missing = filter_error("ssim", 4, tmp_path / "results")
+    assert not missing["measured"] and "memstudy validate --image-size 4" in missing["how"]
+
+
+def test_the_report_states_the_filter_error_and_lists_ids_and_hashes(run, tmp_path):
+    _fake_benchmark(tmp_path / "results" / "validation")
+    report = filter_release(run, validation_root=tmp_path / "results")
+    assert report["filter_error"]["sensitivity"] == pytest.approx(0.9)
+    pixel = report["residual"]["pixel"]
+    assert pixel["residual_lo"] < 0.5 < pixel["residual_hi"]  # 2 of 4: exact interval
+    hashes = [s["hash"] for s in report["samples"]]
+    assert len(set(hashes)) == N and [s["kept"] for s in report["samples"]] == [False, False] + [True] * 4
+    page = (run / "release" / "release_report.md").read_text()
+    for text in ("miss rate", "10.0% [6.0%, 15.0%]", "specificity", "95.0%", hashes[0], hashes[1],
+                 "| pixel |"):
+        assert text in page, text
+    assert hashes[2] not in page  # kept samples are listed in the json only
+    bare = filter_release(run, validation_root=tmp_path / "nothing")
+    assert not bare["filter_error"]["measured"]
+    assert "miss rate of this filter is unknown" in (run / "release" / "release_report.md").read_text()

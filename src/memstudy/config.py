@@ -20,7 +20,8 @@ UNET_PRESETS = ("XS", "S", "M", "L")
 MODELS = ("ldm", "pixel_dm", "autoencoder", "gan",
           "control_positive", "control_negative")  # controls: see memstudy.models.controls
 DETECTORS = ("contrastive", "pixel", "nn_ratio", "ssim", "external",
-             "contrastive3d")  # see memstudy.detect.factory
+             "contrastive3d", "trusted")  # see memstudy.detect.factory
+TRUSTED_BACKBONES = ("small", "resnet10", "resnet18")  # see memstudy.detect.trusted
 # Detectors that compare whole volumes (3D cells): contrastive3d is Dar et al.'s 3D encoder; the
 # others flatten their input. contrastive, ssim and external work on 2D slices only.
 DETECTORS_3D = ("contrastive3d", "pixel", "nn_ratio")
@@ -101,6 +102,9 @@ class RunConfig:
     #                                                         nn_ratio, ssim, external
     encoder_steps: int = 30  # contrastive encoder training steps (on the training set only)
     encoder_dim: int = 128  # contrastive embedding size (Dar et al.: 128 in 2D)
+    trusted_steps: int = 30  # steps of the shared trusted encoder (reference share; cached by
+    #                          data set, size, data_seed and budget, so cells share one)
+    trusted_backbone: str = "small"  # its network: "small" CNN or a MONAI "resnet10"/"resnet18"
     tau_percentile: float = 95.0  # tau = this percentile of train->holdout max similarity
     membership: bool = True  # loss-based membership inference at each checkpoint (diffusion)
     device: str = "auto"  # "auto" = CUDA when available, else CPU
@@ -144,6 +148,11 @@ class RunConfig:
                               "or 'contrastive' for slices.")
         _choice("augmentation", self.augmentation, AUGMENTATIONS)
         _choice("autoencoder", self.autoencoder, AUTOENCODERS)
+        _choice("trusted_backbone", self.trusted_backbone, TRUSTED_BACKBONES)
+        if "trusted" in self.detectors and self.dataset != "cohort":
+            raise ConfigError(f"detector 'trusted' learns from the pool's reference share, which "
+                              f"dataset={self.dataset!r} does not have: drop it from detectors "
+                              "(use 'contrastive') or use dataset='cohort'.")
         _choice("unet_preset", self.unet_preset, UNET_PRESETS)
         for name in self.detectors:
             _choice("detectors", name, DETECTORS)
@@ -152,7 +161,7 @@ class RunConfig:
         for name in ("image_size", "dataset_size", "slices_per_patient", "holdout_size",
                      "cohort_patients", "latent_channels", "ae_steps", "train_steps",
                      "batch_size", "num_train_timesteps", "num_gen", "ddim_steps",
-                     "encoder_steps", "encoder_dim"):
+                     "encoder_steps", "encoder_dim", "trusted_steps"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)}.")
         factor = 2 ** (len(self.ae_channels) - 1)

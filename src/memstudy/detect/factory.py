@@ -14,6 +14,7 @@ from .external import ExternalDetector
 from .nn_ratio import NNRatioDetector
 from .pixel import PixelDetector
 from .ssim import SSIMDetector
+from .trusted import TrustedSpec, trusted_detector
 
 
 ALL_DETECTORS = DETECTORS  # one list of names, kept in config so configs validate without torch
@@ -21,11 +22,13 @@ ALL_DETECTORS = DETECTORS  # one list of names, kept in config so configs valida
 
 def make_detector(name: str, *, dim: int = 128, steps: int = 300, seed: int = 0,
                   device: str = "cpu", cache_dir: Path | None = None,
-                  external_path: str | os.PathLike | None = None) -> Detector:
+                  external_path: str | os.PathLike | None = None,
+                  trusted: TrustedSpec | None = None) -> Detector:
     """Build a detector by name (one of :data:`ALL_DETECTORS`); call ``fit(train)`` next.
 
     ``dim``, ``steps`` and ``cache_dir`` configure the contrastive encoder; ``external_path``
-    the external one (default: ``$MEMSTUDY_EXTERNAL_ENCODER``).
+    the external one (default: ``$MEMSTUDY_EXTERNAL_ENCODER``); ``trusted`` the shared trusted
+    encoder (loaded from the cache, or trained once on the pool's reference share).
     """
     if name == "pixel":
         return PixelDetector()
@@ -41,4 +44,9 @@ def make_detector(name: str, *, dim: int = 128, steps: int = 300, seed: int = 0,
         return SSIMDetector()
     if name == "external":
         return ExternalDetector(external_path, device=device)
+    if name == "trusted":
+        if trusted is None:  # its pool and image size cannot be guessed from a name
+            raise ValueError("the 'trusted' detector needs trusted=TrustedSpec(image_size=..., "
+                             "data_seed=..., ...) (see memstudy.detect.trusted)")
+        return trusted_detector(trusted, device=device)
     raise ValueError(f"unknown detector {name!r}: choose from {', '.join(ALL_DETECTORS)}")

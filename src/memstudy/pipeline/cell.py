@@ -37,6 +37,7 @@ from ..config import ConfigError, RunConfig
 from ..data.sets import Sets, load_sets
 from ..detect.base import Detector
 from ..detect.factory import make_detector
+from ..detect.trusted import spec_for_config
 from ..metrics.patient import patient_level
 from ..metrics.scoring import score
 from ..metrics.evidence import checkpoint_evidence, membership_evidence
@@ -135,8 +136,10 @@ def _run_cell(cfg: RunConfig, run_dir: Path, progress: bool) -> dict:
     write_progress(run_dir, "detectors")  # the feature ruler, then each detector's fit
     ruler = quality.feature_encoder(cfg, device)
     with part("detectors_fit"):
+        # the trusted encoder is shared: loaded from the cache (trained once per pool and size)
+        trusted = spec_for_config(cfg) if "trusted" in cfg.detectors else None
         detectors = [make_detector(name, dim=cfg.encoder_dim, steps=cfg.encoder_steps, seed=cfg.seed,
-                                   device=device, cache_dir=run_dir).fit(train)
+                                   device=device, cache_dir=run_dir, trusted=trusted).fit(train)
                      for name in cfg.detectors]
 
     def on_checkpoint(step: int, model) -> None:

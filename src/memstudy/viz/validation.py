@@ -11,39 +11,51 @@ from .figures import _plt, stamp
 
 
 def roc_figure(per_sample: pd.DataFrame, table: pd.DataFrame, source: str):
-    """One ROC curve per detector (changed copies vs novel slices), each detector's tau marked."""
+    """One ROC curve per detector (changed copies vs novel slices, seeds pooled), tau marked.
+
+    The legend gives each detector's AUC (the mean of the per-seed AUCs) with its interval.
+    """
     plt, sns = _plt()
-    fig, ax = plt.subplots(figsize=(4.6, 4.0), dpi=120)
+    fig, ax = plt.subplots(figsize=(5.0, 4.2), dpi=120)
     colors = dict(zip(table.detector, sns.color_palette("tab10", len(table))))
     for det, rows in per_sample.groupby("detector", sort=False):
         rows = rows[rows.kind.isin(CHANGES + (NOVEL,))]
         fpr, tpr, _ = roc_curve(rows.kind != NOVEL, rows.sim)
-        metrics = table.set_index("detector").loc[det]
-        ax.plot(fpr, tpr, color=colors[det], lw=1.4, label=f"{det} (AUC {metrics.auc:.3f})")
-        ax.plot(metrics.fpr_novel, metrics.recall, "o", color=colors[det], ms=5)
+        m = table.set_index("detector").loc[det]
+        ax.plot(fpr, tpr, color=colors[det], lw=1.4,
+                label=f"{det}: AUC {m.auc:.3f} [{m.auc_lo:.3f}, {m.auc_hi:.3f}]")
+        ax.plot(m.fpr_novel, m.recall, "o", color=colors[det], ms=5)
     ax.plot([0, 1], [0, 1], color="0.7", lw=0.8, ls=":")
-    ax.set_xlabel("false-positive rate (novel test-split slices)")
+    ax.set_xlabel("false-positive rate (novel test-share slices)")
     ax.set_ylabel("true-positive rate (changed copies)")
     ax.set_title("Copy detectors against planted copies (dot = at tau)", fontsize=9)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=6.5, loc="lower right")
     stamp(fig, source)
     fig.tight_layout()
     return fig
 
 
-def recall_figure(table: pd.DataFrame, per_sample: pd.DataFrame, source: str):
-    """Heat map: fraction of each kind of query flagged by each detector (novel = FPR)."""
+def recall_figure(table: pd.DataFrame, recall: pd.DataFrame, source: str):
+    """Heat map: share of each kind of query flagged by each detector, with its 95 % interval
+    (novel = the false-positive rate)."""
     plt, sns = _plt()
-    rates = per_sample.groupby(["detector", "kind"]).flagged.mean().unstack("kind")
-    rates = rates.reindex(index=list(table.detector), columns=list(KINDS))
-    rates = rates.rename(columns={PATIENT: "same patient\n(other slice)", NOVEL: "novel\n(= FPR)"})
-    fig, ax = plt.subplots(figsize=(1.0 + 0.75 * len(KINDS), 0.9 + 0.45 * len(table)), dpi=120)
-    sns.heatmap(rates, annot=True, fmt=".0%", vmin=0, vmax=1, cmap="rocket_r", cbar=False,
-                ax=ax, annot_kws={"fontsize": 7})
+    kinds = [k for k in KINDS if k in set(recall.kind)]
+    rates = recall.pivot(index="detector", columns="kind", values="rate")
+    rates = rates.reindex(index=list(table.detector), columns=kinds)
+    text = recall.assign(label=[f"{r:.0%}\n{lo:.0%}–{hi:.0%}" for r, lo, hi in
+                                zip(recall.rate, recall.lo, recall.hi)])
+    labels = text.pivot(index="detector", columns="kind", values="label").reindex(
+        index=list(table.detector), columns=kinds)
+    names = {PATIENT: "same patient\n(other slice)", NOVEL: "novel\n(= FPR)"}
+    rates, labels = rates.rename(columns=names), labels.rename(columns=names)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.8 * len(kinds), 0.9 + 0.5 * len(table)), dpi=120)
+    sns.heatmap(rates, annot=labels.to_numpy(), fmt="", vmin=0, vmax=1, cmap="rocket_r",
+                cbar=False, ax=ax, annot_kws={"fontsize": 6})
     ax.set_xlabel("")
     ax.set_ylabel("")
     ax.tick_params(labelsize=7)
-    ax.set_title("Fraction of queries flagged as copies at each detector's tau", fontsize=9)
+    ax.set_title("Share of queries flagged as copies at each detector's tau "
+                 "(95 % patient-bootstrap interval)", fontsize=9)
     stamp(fig, source)
     fig.tight_layout()
     return fig

@@ -1,0 +1,280 @@
+"""The trusted copy detector: one contrastive encoder per data pool, trained on patients no
+cell ever sees, taught to ignore what generators change, cached and shared by every cell.
+
+Why not Dar et al.'s encoder (``contrastive``, kept as it was)? It is trained per cell on the
+8-1,024 training images only, so it may tell them apart by shortcuts (the head outline, a
+patient's gain and noise), its views cover only +-5 degrees and flips, and its quality changes
+along the dataset-size axis because its training set does. This one:
+
+- learns from the pool's **reference** share (:data:`memstudy.config.SPLITS`), many slices per
+  patient, so it never saw a training, holdout or test patient of any cell;
+- uses the positive views of :mod:`.views` (shifts, rotations, flips, intensity / contrast /
+  gamma, noise, blur, elastic warps and an autoencoder round trip), with a clean anchor;
+- is trained once per :class:`TrustedSpec` (data set, image size, pool seed, budget) and cached
+  under a key of all of it (:func:`memstudy.runio.cache_file`), so every cell of a grid is
+  judged by the same ruler and a changed budget is a new file, never a stale one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..runio import cache_file, save_atomic
+from .base import Detector
+from .contrastive import nt_xent
+from .views import PositiveView, ViewSpec, round_trip
+
+BACKBONES = ("small", "resnet10", "resnet18")
+CACHE_VERSION = 1  # bump when the training procedure changes, so old encoders are not reused
+
+
+@dataclass(frozen=True)
+class TrustedSpec:
+    """Everything the trusted encoder depends on; its fields are the cache key."""
+
+    dataset: str = "cohort"  # only the generated cohort has a reference share of patients yet
+    image_size: int = 32
+    data_seed: int = 0  # the pool: its anatomy and its patient split
+    cohort_patients: int = 600  # pool size; the reference share is SPLIT_FRACTIONS of it
+    slices: int = 16  # slices of each reference patient (heights spread over the head)
+    steps: int = 400  # optimisation steps of the encoder (the budget)
+    batch_size: int = 96  # pairs per step: 2 * batch_size - 2 negatives for each view
+    backbone: str = "small"  # one of BACKBONES (MONAI ResNets, no pretrained weights)
+    dim: int = 128  # embedding size
+    lr: float = 1e-3
+    temperature: float = 0.1
+    ae_steps: int = 300  # the round-trip autoencoder's steps (0: no decoded views)
+    seed: int = 0  # initialisation and batches
+    views: ViewSpec = field(default_factory=ViewSpec)
+
+    def __post_init__(self) -> None:
+        if self.backbone not in BACKBONES:
+            raise ValueError(f"backbone={self.backbone!r} is not one of {', '.join(BACKBONES)}")
+        if self.image_size < 16 or self.steps < 1 or self.batch_size < 2:
+            raise ValueError(f"need image_size >= 16, steps >= 1, batch_size >= 2: {self}")
+
+    def key(self) -> dict:
+        """The cache key: every field, and the version of the training code."""
+        return {**dataclasses.asdict(self), "version": CACHE_VERSION}
+
+
+# --------------------------------------------------------------------------------------------
+# Backbones
+# --------------------------------------------------------------------------------------------
+
+
+class SmallBackbone(nn.Module):
+    """A strided stem to 16 x 16, four stages of two 3x3 convs (GroupNorm, SiLU), global average
+    pooling and an MLP head.
+
+    The stem's stride grows with the image (2 at 32 px, 4 at 64 px) so that a step costs the
+    same at every size (about 0.35 s for 128 pairs on one CPU core); its kernel is twice the
+    stride plus one, so that no pixel is skipped and a one-pixel shift changes the features
+    smoothly rather than by aliasing.
+    """
+
+    def __init__(self, dim: int, image_size: int, width: int = 32):
+        super().__init__()
+        stride = max(1, image_size // 16)
+        layers = [nn.Conv2d(1, width, 2 * stride + 1, stride=stride, padding=stride),
+                  nn.GroupNorm(8, width), nn.SiLU()]
+        c_in = width
+        for i, c_out in enumerate((width, 2 * width, 4 * width, 8 * width)):
+            layers += [nn.Conv2d(c_in, c_out, 3, stride=1 if i == 0 else 2, padding=1),
+                       nn.GroupNorm(8, c_out), nn.SiLU(),
+                       nn.Conv2d(c_out, c_out, 3, padding=1), nn.GroupNorm(8, c_out), nn.SiLU()]
+            c_in = c_out
+        self.features = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.head = nn.Sequential(nn.Linear(c_in, c_in), nn.SiLU(), nn.Linear(c_in, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+def build_backbone(name: str, dim: int, image_size: int) -> nn.Module:
+    """A backbone by name: ``small`` or a MONAI ResNet (random init; nothing is downloaded)."""
+    if name == "small":
+        return SmallBackbone(dim, image_size)
+    from monai.networks import nets
+
+    # A 3x3 stem without max pooling keeps the small images' detail; GroupNorm rather than
+    # BatchNorm, because batch statistics would leak between the views of one batch.
+    return getattr(nets, name)(spatial_dims=2, n_input_channels=1, num_classes=dim,
+                               conv1_t_size=3, conv1_t_stride=2 if image_size >= 64 else 1,
+                               no_max_pool=True, norm=("group", {"num_groups": 8}))
+
+
+# --------------------------------------------------------------------------------------------
+# The reference pool and the round-trip autoencoder
+# --------------------------------------------------------------------------------------------
+
+
+def reference_patients(spec: TrustedSpec) -> np.ndarray:
+    """Ids of the pool's reference-share patients: never a cell's train, holdout or test."""
+    from ..data.splits import split_patients
+
+    if spec.dataset != "cohort":
+        raise ValueError(
+            f"the trusted detector learns from the pool's reference share, and dataset="
+            f"{spec.dataset!r} has none yet (only the generated cohort does). Use the "
+            "'contrastive' detector for this data set, or add a reference share to its loader.")
+    return split_patients(np.arange(spec.cohort_patients), seed=spec.data_seed)["reference"]
+
+
+def reference_images(spec: TrustedSpec) -> torch.Tensor:
+    """``spec.slices`` slices of every reference patient, (N, 1, H, W) in [0, 1]."""
+    from ..data.cohort import make_cohort
+
+    ids = reference_patients(spec)
+    parts = [make_cohort(1, spec.image_size, spec.slices, seed=spec.data_seed,
+                         first_patient=int(p)).images for p in ids]
+    return torch.from_numpy(np.concatenate(parts))
+
+
+def train_round_trip_autoencoder(images: torch.Tensor, steps: int, seed: int,
+                                 device: str = "cpu", batch_size: int = 16,
+                                 cache=None) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A small MONAI ``AutoencoderKL`` (the cells' stage-1 design) trained on ``images``.
+
+    Returns its round trip ``x -> decode(encode(x))`` (posterior mean). Its reconstructions are
+    smoother than their sources, as a latent model's decoded copies are. Cached at ``cache``.
+    """
+    from monai.networks.nets import AutoencoderKL
+
+    torch.manual_seed(seed)
+    model = AutoencoderKL(spatial_dims=2, in_channels=1, out_channels=1, channels=(16, 32, 32),
+                          latent_channels=3, num_res_blocks=1, attention_levels=(False,) * 3,
+                          norm_num_groups=8, with_encoder_nonlocal_attn=False,
+                          with_decoder_nonlocal_attn=False).to(device)
+    if cache is not None and cache.exists():
+        model.load_state_dict(torch.load(cache, map_location=device))
+    else:
+        gen = torch.Generator().manual_seed(seed)
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+        data = images.to(device)
+        for _ in range(steps):
+            x = data[torch.randint(0, len(data), (batch_size,), generator=gen).to(device)]
+            recon, mu, sigma = model(x)
+            kl = 0.5 * (mu**2 + sigma**2 - torch.log(sigma**2 + 1e-8) - 1).mean()
+            loss = F.l1_loss(recon, x) + 1e-6 * kl
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        if cache is not None:
+            save_atomic(lambda p: torch.save(model.state_dict(), p), cache)
+    model.eval()
+
+    @torch.no_grad()
+    def decode(x: torch.Tensor) -> torch.Tensor:
+        return model.decode(model.encode(x.to(device).float())[0]).cpu()
+
+    return decode
+
+
+# --------------------------------------------------------------------------------------------
+# The detector
+# --------------------------------------------------------------------------------------------
+
+
+class TrustedDetector(Detector):
+    """Pearson correlation of embeddings from the shared, reference-trained encoder.
+
+    Build it with :func:`trusted_detector`; ``fit`` does nothing, because the encoder never
+    learns from a cell's training set (that is the point).
+    """
+
+    name = "trusted"
+
+    def __init__(self, encoder: nn.Module, spec: TrustedSpec, device: str = "cpu"):
+        self.encoder, self.spec, self.device = encoder.eval(), spec, device
+
+    def fit(self, train: torch.Tensor | None = None) -> "TrustedDetector":
+        return self
+
+    @torch.no_grad()
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        if images.shape[-1] != self.spec.image_size:
+            raise ValueError(f"the trusted encoder was trained at {self.spec.image_size} px, "
+                             f"got images of {tuple(images.shape[-2:])}")
+        out = [self.encoder(images[i:i + 256].to(self.device).float()).cpu()
+               for i in range(0, len(images), 256)]
+        return torch.cat(out).float()
+
+
+def train_trusted_encoder(spec: TrustedSpec, reference: torch.Tensor, device: str = "cpu",
+                          progress: bool = False) -> tuple[nn.Module, list[float]]:
+    """Train the encoder of ``spec`` on ``reference`` images (no caching); return it and losses."""
+    torch.manual_seed(spec.seed)
+    encoder = build_backbone(spec.backbone, spec.dim, spec.image_size).to(device)
+    decoded = None
+    if spec.ae_steps > 0 and spec.views.p_decode > 0:
+        ae_key = {k: v for k, v in spec.key().items() if k in (
+            "dataset", "image_size", "data_seed", "cohort_patients", "slices", "ae_steps", "seed",
+            "version")}
+        ae_cache = cache_file("trusted_round_trip_ae", ae_key)
+        decode = train_round_trip_autoencoder(reference, spec.ae_steps, spec.seed, device,
+                                              cache=ae_cache)
+        decoded = round_trip(decode, reference).to(device)
+    gen = torch.Generator().manual_seed(spec.seed)
+    view = PositiveView(spec.views, gen)
+    opt = torch.optim.AdamW(encoder.parameters(), lr=spec.lr, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, spec.lr, total_steps=spec.steps,
+                                                pct_start=0.05)
+    data = reference.to(device)
+    batch = min(spec.batch_size, len(data))  # distinct images: a duplicate is a false negative
+    losses, tic = [], time.perf_counter()
+    encoder.train()
+    for step in range(spec.steps):
+        idx = torch.randperm(len(data), generator=gen)[:batch].to(device)
+        x = data[idx]
+        positive = view(x, None if decoded is None else decoded[idx])
+        loss = nt_xent(encoder(x), encoder(positive), spec.temperature)  # clean anchor
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+        if progress and (step % 50 == 0 or step == spec.steps - 1):
+            print(f"trusted encoder {step + 1}/{spec.steps}: loss {loss.item():.3f} "
+                  f"({time.perf_counter() - tic:.0f} s)", file=sys.stderr)
+    return encoder.eval(), losses
+
+
+def spec_for_config(cfg) -> TrustedSpec:
+    """The trusted encoder a :class:`~memstudy.config.RunConfig` asks for: one per pool, size and
+    budget, the same for every cell and replicate seed of a grid (hence shared)."""
+    return TrustedSpec(dataset=cfg.dataset, image_size=cfg.image_size, data_seed=cfg.data_seed,
+                       cohort_patients=cfg.cohort_patients, steps=cfg.trusted_steps,
+                       ae_steps=cfg.trusted_steps, backbone=cfg.trusted_backbone,
+                       dim=cfg.encoder_dim)
+
+
+def trusted_detector(spec: TrustedSpec, device: str = "cpu", progress: bool = False,
+                     reference: torch.Tensor | None = None) -> TrustedDetector:
+    """The trusted detector of ``spec``: loaded from the cache, or trained once and cached.
+
+    Parameters
+    ----------
+    spec : what the encoder depends on (its fields are the cache key).
+    device : where to train and embed.
+    reference : the images to learn from; default :func:`reference_images` of ``spec``.
+        Only a test should pass its own.
+    """
+    path = cache_file("trusted_encoder", spec.key())
+    encoder = build_backbone(spec.backbone, spec.dim, spec.image_size).to(device)
+    if path.exists():  # trained by an earlier cell or benchmark: the pool is not even generated
+        encoder.load_state_dict(torch.load(path, map_location=device))
+        return TrustedDetector(encoder, spec, device)
+    reference = reference_images(spec) if reference is None else reference
+    encoder, losses = train_trusted_encoder(spec, reference, device, progress)
+    save_atomic(lambda p: torch.save(encoder.state_dict(), p), path)
+    return TrustedDetector(encoder, spec, device)

@@ -1,0 +1,200 @@
+"""The trusted detector: its positive views make each listed change (checked on images whose
+answer is known), its cache key follows what it depends on, and its encoder learns from
+reference-share patients only, never from a cell's training, holdout or test patients."""
+
+import numpy as np
+import pytest
+import torch
+
+from memstudy.config import ConfigError, RunConfig
+from memstudy.data.cohort import make_cohort
+from memstudy.data.sets import load_sets, patient_split
+from memstudy.detect import trusted as trusted_mod
+from memstudy.detect.factory import make_detector
+from memstudy.detect.trusted import (TrustedDetector, TrustedSpec, reference_images,
+                                     reference_patients, spec_for_config, trusted_detector)
+from memstudy.detect.views import (PositiveView, ViewSpec, add_noise, affine, elastic,
+                                   gaussian_blur, intensity)
+from memstudy.runio import cache_file
+
+NO, YES = torch.zeros(1, dtype=torch.bool), torch.ones(1, dtype=torch.bool)
+
+
+def ramp(size: int = 16) -> torch.Tensor:
+    """An image whose every pixel is different: value = (row * size + column) / size**2."""
+    return torch.arange(size * size, dtype=torch.float32).view(1, 1, size, size) / size**2
+
+
+# --- each change, on an image with a known answer --------------------------------------------
+
+
+def test_shift_moves_a_dot_by_the_asked_pixels():
+    x = torch.zeros(1, 1, 16, 16)
+    x[0, 0, 5, 9] = 1
+    y = affine(x, torch.tensor([[2.0, -1.0]]), torch.zeros(1), NO, NO)  # 2 down, 1 left
+    assert (y[0, 0] > 0.99).nonzero().tolist() == [[7, 8]]
+    assert y.sum().item() == pytest.approx(1.0)
+
+
+def test_rotation_by_90_degrees_and_flips_are_exact_permutations():
+    x = ramp()
+    assert torch.allclose(affine(x, torch.zeros(1, 2), torch.tensor([90.0]), NO, NO),
+                          torch.rot90(x, -1, (-2, -1)), atol=1e-5)
+    assert torch.allclose(affine(x, torch.zeros(1, 2), torch.zeros(1), YES, NO),
+                          torch.flip(x, (-1,)), atol=1e-5)
+    assert torch.allclose(affine(x, torch.zeros(1, 2), torch.zeros(1), NO, YES),
+                          torch.flip(x, (-2,)), atol=1e-5)
+    small = affine(x, torch.zeros(1, 2), torch.tensor([5.0]), NO, NO)
+    assert 0 < (small - x).abs().mean() < 0.05  # a small rotation changes a little
+
+
+def test_intensity_gain_offset_and_gamma_on_a_constant_image():
+    x = torch.full((2, 1, 8, 8), 0.25)
+    y = intensity(x, gain=torch.tensor([1.0, 2.0]), offset=torch.tensor([0.0, 0.1]),
+                  gamma=torch.tensor([2.0, 1.0]))
+    assert torch.allclose(y[0], torch.full((1, 8, 8), 0.0625))
+    assert torch.allclose(y[1], torch.full((1, 8, 8), 0.6))
+
+
+def test_blur_keeps_a_constant_and_spreads_a_dot_by_sigma():
+    const = torch.full((1, 1, 21, 21), 0.3)
+    assert torch.allclose(gaussian_blur(const, torch.tensor([1.2])), const, atol=1e-6)
+    dot = torch.zeros(2, 1, 21, 21)
+    dot[:, 0, 10, 10] = 1
+    y = gaussian_blur(dot, torch.tensor([1.0, 0.0]))
+    rows = torch.arange(21.0) - 10
+    var = (y[0, 0].sum(1) * rows**2).sum()  # variance of the blurred dot along rows
+    assert y[0].sum().item() == pytest.approx(1.0, abs=1e-5)
+    assert var.item() == pytest.approx(1.0, abs=0.02)
+    assert torch.allclose(y[1], dot[1], atol=1e-6)  # sigma 0 leaves the image unchanged
+
+
+def test_noise_has_the_asked_standard_deviation():
+    x = torch.full((2, 1, 64, 64), 0.5)
+    y = add_noise(x, torch.tensor([0.05, 0.0]), torch.Generator().manual_seed(0))
+    assert (y[0] - x[0]).std().item() == pytest.approx(0.05, rel=0.05)
+    assert torch.equal(y[1], x[1])
+
+
+def test_elastic_warp_is_smooth_and_bounded_by_its_magnitude():
+    size = 32
+    cols = torch.arange(size, dtype=torch.float32).repeat(size, 1).view(1, 1, size, size)
+    gen = torch.Generator().manual_seed(0)
+    y = elastic(cols, torch.tensor([2.0]), gen)
+    moved = (y - cols)[0, 0, 4:-4, 4:-4]  # away from the zero-filled border
+    assert moved.abs().max() <= 2.0 + 1e-4  # a column ramp reads the column displacement
+    assert moved.abs().max() > 0.5  # and it did move
+    assert moved.diff(dim=1).abs().max() < 1.0  # smooth: neighbours move alike
+    assert torch.allclose(elastic(cols, torch.tensor([0.0]), gen), cols, atol=1e-5)
+
+
+def test_the_view_starts_from_the_decoded_image_when_asked():
+    x, decoded = torch.rand(4, 1, 16, 16), torch.rand(4, 1, 16, 16)
+    only_decode = ViewSpec(p_shift=0, p_rotate=0, p_flip_lr=0, p_flip_ud=0, p_intensity=0,
+                           p_noise=0, p_blur=0, p_elastic=0, p_decode=1.0)
+    y = PositiveView(only_decode, torch.Generator().manual_seed(0))(x, decoded)
+    assert torch.allclose(y, decoded, atol=1e-5)
+    assert torch.allclose(PositiveView(only_decode)(x), x, atol=1e-5)  # none given: unchanged
+
+
+def test_the_default_view_makes_every_listed_change_and_mixes_them():
+    x = torch.from_numpy(make_cohort(2, 32, 4, seed=0).images).repeat(32, 1, 1, 1)  # 256
+    view = PositiveView(ViewSpec(), torch.Generator().manual_seed(1))
+    y = view(x, x * 0.9)
+    p = view.last
+    applied = {"decoded": p["decoded"], "shift": p["shift"].abs().sum(1) > 0,
+               "rotate": p["angle"] != 0, "flip": p["flip_lr"] | p["flip_ud"],
+               "intensity": (p["gamma"] != 1) | (p["gain"] != 1), "noise": p["noise_std"] > 0,
+               "blur": p["blur_sigma"] > 0, "elastic": p["elastic_px"] > 0}
+    for change, used in applied.items():
+        assert 0.05 < used.float().mean() < 0.95, f"{change} is never or always applied"
+    assert p["shift"].abs().max() > 3  # shifts of a few pixels, not only sub-pixel ones
+    n_changes = torch.stack(list(applied.values())).sum(0)
+    assert (n_changes >= 3).float().mean() > 0.5  # most views combine several changes
+    assert y.shape == x.shape and 0 <= y.min() and y.max() <= 1
+    assert not torch.allclose(y, x)
+
+
+# --- the cache key ------------------------------------------------------------------------------
+
+
+def test_the_cache_key_changes_with_data_set_size_seed_and_budget():
+    base = TrustedSpec()
+    path = cache_file("trusted_encoder", base.key())
+    assert cache_file("trusted_encoder", TrustedSpec().key()) == path  # same spec, same file
+    for change in ({"dataset": "medmnist:x"}, {"image_size": 64}, {"data_seed": 1},
+                   {"steps": 401}, {"backbone": "resnet10"}, {"cohort_patients": 601},
+                   {"views": ViewSpec(shift_px=3.0)}):
+        other = TrustedSpec(**change)
+        assert cache_file("trusted_encoder", other.key()) != path, change
+
+
+def test_a_config_shares_one_encoder_across_replicate_seeds():
+    cfg = RunConfig(detectors=("trusted",))
+    assert spec_for_config(cfg) == spec_for_config(cfg.replace(seed=3, dataset_size=16))
+    assert spec_for_config(cfg) != spec_for_config(cfg.replace(data_seed=1))
+    assert spec_for_config(cfg) != spec_for_config(cfg.replace(image_size=64))
+
+
+# --- who the encoder learns from ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("data_seed", [0, 1])
+def test_reference_patients_are_never_a_cells_train_holdout_or_test_patients(data_seed):
+    cfg = RunConfig(data_seed=data_seed, detectors=("trusted",))
+    ref = reference_patients(spec_for_config(cfg))
+    split = patient_split(cfg)
+    assert len(ref) > 50 and np.array_equal(ref, split["reference"])
+    for part in ("train", "holdout", "test"):
+        assert not np.isin(ref, split[part]).any(), part
+    for seed in range(3):  # the cells of any replicate and size draw elsewhere
+        for size in (8, 32):
+            sets = load_sets(cfg.replace(seed=seed, dataset_size=size))
+            assert not np.isin(sets.train.patient_id, ref).any()
+            assert not np.isin(sets.holdout.patient_id, ref).any()
+
+
+def test_the_encoder_is_trained_on_reference_slices_only(monkeypatch):
+    spec = TrustedSpec(cohort_patients=40, slices=2, steps=1, batch_size=4, ae_steps=0, dim=8)
+    seen = {}
+
+    def spy(spec_, reference, device="cpu", progress=False):
+        seen["images"] = reference
+        return trusted_mod.build_backbone(spec_.backbone, spec_.dim, spec_.image_size), []
+
+    monkeypatch.setattr(trusted_mod, "train_trusted_encoder", spy)
+    trusted_detector(spec)
+    split = patient_split(RunConfig(cohort_patients=40))
+    expected = make_cohort(40, 32, 2, seed=0)
+    mine = np.isin(expected.patient_id, split["reference"])
+    assert torch.equal(seen["images"], torch.from_numpy(expected.images[mine]))
+    cells = expected.images[~mine]  # every other patient of the pool, any share
+    assert not (seen["images"].numpy()[:, None] == cells[None]).all(axis=(2, 3, 4)).any()
+
+
+def test_trusted_detector_trains_once_then_loads_from_the_cache(monkeypatch):
+    spec = TrustedSpec(cohort_patients=40, slices=2, steps=1, batch_size=4, ae_steps=1, dim=8)
+    det = trusted_detector(spec)
+    x = reference_images(spec)[:3]
+    emb = det.embed(x)
+    assert isinstance(det, TrustedDetector) and emb.shape == (3, 8)
+
+    def fail(*args, **kwargs):
+        raise AssertionError("trained again although the encoder is cached")
+
+    monkeypatch.setattr(trusted_mod, "train_trusted_encoder", fail)
+    again = make_detector("trusted", trusted=spec).fit(None)
+    assert torch.allclose(again.embed(x), emb, atol=1e-6)
+    with pytest.raises(ValueError, match="trained at 32 px"):
+        again.embed(torch.rand(2, 1, 64, 64))
+
+
+def test_bad_choices_fail_early_and_say_what_to_do():
+    with pytest.raises(ValueError, match="needs trusted=TrustedSpec"):
+        make_detector("trusted")
+    with pytest.raises(ValueError, match="backbone"):
+        TrustedSpec(backbone="vit")
+    with pytest.raises(ConfigError, match="reference share"):
+        RunConfig(dataset="medmnist:organamnist", detectors=("trusted",))
+    with pytest.raises(ValueError, match="reference share"):
+        reference_patients(TrustedSpec(dataset="medmnist:organamnist"))
