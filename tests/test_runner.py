@@ -214,6 +214,10 @@ def test_a_cell_that_finds_its_folder_locked_is_left_alone_not_failed(tmp_path):
     assert lock_holder(tmp_path / "cell")["token"] == holder["token"]
 
 
+def test_a_grid_with_nothing_left_to_run_returns_at_once(tmp_path):
+    assert run_jobs("local", [], 2, None, tmp_path).close() is None
+
+
 def test_dry_run_names_the_process_running_a_cell(tmp_path, capsys):
     cid = load_spec("smoke").cells()[0].id
     acquire_lock(tmp_path / "smoke" / cid)

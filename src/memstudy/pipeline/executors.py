@@ -169,7 +169,7 @@ def run_jobs(executor: str, jobs: list[CellJob], n: int | None, slurm: SlurmOpti
     stops every worker it started.
     """
     if not jobs:
-        return iter(())
+        return (outcome for outcome in ())  # a generator: it can be closed like the others
     if executor == "sequential":
         return _worker_pool(jobs, 1, lambda slot: {})
     if executor == "local":
