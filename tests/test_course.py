@@ -22,7 +22,8 @@ def smoke_parameters(name: str, tmp_path) -> dict:
     return {
         "c1_sharing.ipynb": {"n_patients": 6},
         "c2_diffusion.ipynb": {},
-        "c3_detection.ipynb": planted,
+        "c3_detection.ipynb": {"dataset_size": 16, "holdout_size": 16, "n_copies": 8,
+                               "n_new": 16},
         "c4_reading.ipynb": {},
         "lab1_cell.ipynb": {"train_steps": 10, "ae_steps": 5, "encoder_steps": 5, "num_gen": 16,
                             "holdout_size": 16, "ddim_steps": 5, "student": "smoke",
@@ -106,11 +107,14 @@ def test_a_stub_sets_only_the_checked_names_and_raises_the_task():
 
 def test_checks_say_correct_or_what_is_wrong(capsys):
     sims = [0.1, 0.2, 0.3, 0.9]
-    assert checks.rate_above(0.25, sims, 0.5, "copy_rate", "T") and capsys.readouterr().out == "correct\n"
-    assert not checks.rate_above(1, sims, 0.5, "copy_rate", "T")
-    assert "a count" in capsys.readouterr().out
-    assert not checks.rate_above(None, sims, 0.5, "copy_rate", "T")
+    checks.rate_above(0.25, sims, 0.5, "copy_rate", "T")
+    assert capsys.readouterr().out == "correct\n"
+    checks.rate_above(1, sims, 0.5, "copy_rate", "T")
+    assert "not yet right" in (out := capsys.readouterr().out) and "a count" in out
+    checks.rate_above(None, sims, 0.5, "copy_rate", "T")
     assert "not answered yet" in capsys.readouterr().out
+    checks.excess_interval("wide", [1, 0, 1], [0, 0, 1], "T")
+    assert "give two numbers" in capsys.readouterr().out
 
 
 @pytest.mark.slow

@@ -202,6 +202,15 @@ def list_exercises(src: str | Path | None = None) -> list[Exercise]:
     return found
 
 
+def exercises_markdown(notebook: str, src: str | Path | None = None) -> str:
+    """The exercises of one instructor notebook as a markdown list (for the book's pages)."""
+    found = [e for e in list_exercises(src) if e.notebook == notebook]
+    if not found:
+        raise CourseError(f"no exercises in {notebook}: name an instructor notebook of "
+                          f"{Path(src) if src else default_source()}.")
+    return "\n".join(f"- **{e.id}** ({e.kind}) {e.task}" for e in found)
+
+
 def solutions_markdown(exercises: list[Exercise]) -> str:
     """The teacher's solutions file: every task with its answer, by notebook."""
     parts = ["# Course solutions (for the teacher)\n",
@@ -250,8 +259,8 @@ def add_parser(commands) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="The teaching module: write student versions of the instructor notebooks.",
         epilog="example:\n  memstudy course build --out handout\n      handout/student/*.ipynb, "
-        "handout/solutions.md, handout/class_results_template.csv\n\ncost: about a second; "
-        "runs no notebook.")
+        "handout/solutions.md, handout/class_results_template.csv\n\ncost: a few seconds "
+        "(imports); runs no notebook.")
     actions = course.add_subparsers(required=True, metavar="ACTION")
     build = actions.add_parser(
         "build", help="student notebooks, solutions file and class-results template",

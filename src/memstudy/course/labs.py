@@ -29,6 +29,54 @@ AXES = ["dataset_size", "augmentation", "unet_preset", "train_steps"]  # what st
 MINE = "mine"  # the kind of the copies a student plants in lab 2
 
 
+def show(fig) -> None:
+    """Display a matplotlib figure as a PNG in a notebook or a book page, whatever the
+    backend (memstudy's figures use the file-only Agg backend), then close it."""
+    import io
+
+    import matplotlib.pyplot as plt
+    from IPython.display import Image, display
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    display(Image(data=buf.getvalue()))
+
+
+def pretend_generator(cfg, n_copies: int = 32, n_new: int = 64, noise: float = 0.05,
+                      seed: int = 0):
+    """A stand-in for a generator whose truth is known: noisy copies of training slices mixed
+    with slices of *test-share* patients (no model and no ruler ever sees those).
+
+    Parameters
+    ----------
+    cfg : :class:`memstudy.RunConfig` (generated cohort): gives the training and holdout sets.
+    n_copies, n_new : how many copies and how many new slices the pretend generator returns.
+    noise : standard deviation of the Gaussian noise added to each copy (images are in [0, 1]).
+    seed : which training slices are copied, the noise, and the order of the output.
+
+    Returns
+    -------
+    sets, gen_set, is_copy : the cell's :class:`memstudy.data.sets.Sets`, the (N, 1, H, W)
+        synthetic set in shuffled order, and a boolean array marking the copies in it.
+    """
+    import torch
+
+    from ..data.sets import load_sets, patient_slices, patient_split
+
+    sets = load_sets(cfg)
+    train, _ = sets.tensors()
+    gen = torch.Generator().manual_seed(seed)
+    src = torch.randint(0, len(train), (n_copies,), generator=gen)
+    copies = (train[src] + noise * torch.randn(train[src].shape, generator=gen)).clamp(0, 1)
+    n_patients = -(-n_new // cfg.slices_per_patient)
+    new = patient_slices(patient_split(cfg)["test"][:n_patients], cfg).images[:n_new]
+    order = torch.randperm(n_copies + n_new, generator=gen)
+    gen_set = torch.cat([copies, torch.from_numpy(new)])[order]
+    is_copy = (order < n_copies).numpy()
+    return sets, gen_set, is_copy
+
+
 # --------------------------------------------------------------------------------------------
 # Lab 1: one cell, one row of the class table
 # --------------------------------------------------------------------------------------------
