@@ -20,7 +20,7 @@ examples:
   memstudy report                     tables of every grid run so far (seconds)
   memstudy cell                       one smoke cell, no notebook (seconds)
   memstudy bench --smoke              the speed benchmark at toy sizes (about 1 min)
-  memstudy course build               the course's student notebooks and solutions (a second)
+  memstudy course build               the course's student notebooks and solutions (seconds)
 see `memstudy COMMAND --help` for each command's options and cost.
 """
 
