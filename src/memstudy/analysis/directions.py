@@ -118,7 +118,8 @@ def judge(df: pd.DataFrame, plan: dict, claim: Claim, detector: str, rate: str) 
     # cells of one replicate share their patients). The permutation test is shown beside it.
     reps = [b["seed"].to_numpy() for b in by] if "seed" in rows else None
     test = glm_trend_test(values, reps)
-    p_perm = float(trend_test(values)["p"])
+    # scipy's permutation test needs two values per level
+    p_perm = float(trend_test(values)["p"]) if min(map(len, values)) >= 2 else float("nan")
     ch = change_interval(values, sds)
     fmt = (lambda v: f"{v:.2f}") if rate == "mia_auc" else (lambda v: f"{v:+.0%}")
     raw = (lambda v: f"{v:.2f}") if rate == "mia_auc" else (lambda v: f"{v:.0%}")

@@ -14,7 +14,7 @@ def rates_with_nulls(table: pd.DataFrame, label: str, rate: str, source: str):
     ``table`` needs ``rate, rate_lo, rate_hi, null_rate, null_rate_lo, null_rate_hi`` columns
     named after ``rate`` (e.g. ``copy_rate``, ``null_copy_rate_lo``) and a ``label`` column.
     """
-    plt = _plt()
+    plt, _ = _plt()
     fig, ax = plt.subplots(figsize=(6, 0.35 * len(table) + 1.0), dpi=110)
     y = np.arange(len(table))[::-1]
     for prefix, color, dy, name in (("null_", "0.6", -0.15, "null (never-seen patients)"),
@@ -34,7 +34,7 @@ def rates_with_nulls(table: pd.DataFrame, label: str, rate: str, source: str):
 
 def audit_histogram(audit: pd.DataFrame, source: str):
     """Histograms of the per-patient audit: worst copy margin (and membership score)."""
-    plt = _plt()
+    plt, _ = _plt()
     panels = [("copy_margin", "worst slice's similarity − τ (per training patient)")]
     if "membership_score" in audit:
         panels.append(("membership_score", "membership score (share of non-members out-scored)"))
