@@ -212,3 +212,25 @@ def grid_audit(df: pd.DataFrame, results_dir: str | Path, detector: str) -> pd.D
     parts = [cell_audit(results_dir / cell, detector).assign(cell=cell)
              for cell in done["cell"].unique()]
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+
+
+def loss_settled_step(run_dir: str | Path, stage: str = "diffusion", share: float = 0.9,
+                      window: int = 8) -> int | None:
+    """First logged step by which ``share`` of the training loss's whole decrease is done.
+
+    The loss's running mean over ``window`` records is compared with its first record and its
+    final running mean: the step returned is the first at which the running mean has come
+    ``share`` of the way down (and stays there). Training-length levels past it are training
+    on a loss that has mostly stopped falling; the book prints this step beside them. None when
+    the run logged too few records to tell.
+    """
+    from ..runio import read_jsonl
+
+    records = [r for r in read_jsonl(Path(run_dir) / "stats.jsonl") if r.get("stage") == stage]
+    if len(records) < 2 * window:
+        return None
+    loss = pd.Series([r["loss"] for r in records]).rolling(window, min_periods=1).mean()
+    start, final = float(records[0]["loss"]), float(loss.iloc[-1])
+    above = loss - final > (1 - share) * (start - final)
+    last_above = above[above].index.max() if above.any() else -1
+    return int(records[min(last_above + 1, len(records) - 1)]["step"])
