@@ -142,12 +142,12 @@ def test_a_3d_cell_runs_under_papermill(tmp_path):
 def test_dims_table_puts_each_arm_beside_its_null_with_intervals():
     import pandas as pd
 
-    from memstudy.analysis.dims import dims_table, onset
+    from memstudy.analysis.dims import RATES, dims_table, onset
 
     def row(dims, seed, excess):
         cols = {"status": "complete", "spatial_dims": dims, "dataset_size": 8, "seed": seed,
                 "detector": "pixel", "step": 100, "n_train_patients": 2}
-        for name in ("copy_rate", "patients_matched_rate"):
+        for name in RATES:
             cols |= {name: 0.05 + excess, f"null_{name}": 0.05, f"excess_{name}": excess,
                      f"excess_{name}_lo": excess - 0.1, f"excess_{name}_hi": excess + 0.1}
         return cols

@@ -5,8 +5,10 @@ trained on the same patients. Per cohort size, detector and training length this
 side by side, for both arms, the mean over replicates of
 
 - ``copy_rate``: synthetic samples above tau (Dar et al.'s N_copies / N_gen);
-- ``patients_matched_rate``: training patients that some synthetic sample matches above what
-  every held-out patient reaches (:func:`memstudy.metrics.patient.patient_level`);
+- ``patient_match_rate``: synthetic samples (slices or volumes) whose nearest training sample
+  is above what every held-out patient reaches (:func:`memstudy.metrics.patient.patient_level`):
+  "this sample is a training patient";
+- ``patients_matched_rate``: training patients that at least one such sample matches;
 
 each beside its null (the same measurement on never-seen patients, ``metrics.evidence``) and
 its excess over the null with a 95 % interval, and the 3D-minus-2D difference of the excesses
@@ -24,7 +26,7 @@ import pandas as pd
 from .report import collect
 from .stats import change_interval
 
-RATES = ("copy_rate", "patients_matched_rate")
+RATES = ("copy_rate", "patient_match_rate", "patients_matched_rate")
 Z95 = 3.92  # width of a 95 % normal interval in standard errors: a cell's sd from its interval
 
 

@@ -87,6 +87,13 @@ def rate_evidence(found: Detection, null_found: Detection, train_pid: np.ndarray
     row |= _columns("patients_matched_rate",
                     *_paired(matched_patients(found), matched_patients(null_found), patients,
                              seed + 6))
+    # Samples (slices or volumes) that match a training patient above what every held-out
+    # patient reaches, beside never-seen samples over the same threshold (the 2D-vs-3D measure)
+    threshold = patient_level(found.sim_gen_train, found.nn_gen_train, train_pid,
+                              found.sim_holdout_train, holdout_pid).threshold
+    match = rate_with_interval(found.sim_gen_train > threshold, seed=seed + 9)
+    match_null = rate_with_interval(null_found.sim_gen_train > threshold, null_pid, seed=seed + 10)
+    row |= _columns("patient_match_rate", match, match_null, excess_interval(match, match_null))
     return row
 
 
