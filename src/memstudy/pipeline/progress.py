@@ -83,11 +83,8 @@ class GridProgress:
     def __exit__(self, *exc) -> None:
         self._stop.set()
         with self._lock:
-            for line in self._lines:
-                line.close()
-            self._lines = []
             if self._bar is not None:
-                self._redraw()
+                self._redraw(with_cells=False)  # the final counts; the cell lines go
                 self._bar.close()
 
     # -- drawing -----------------------------------------------------------------------
@@ -95,12 +92,14 @@ class GridProgress:
     def _refresh_loop(self) -> None:
         while not self._stop.wait(1.0):
             with self._lock:
+                if self._stop.is_set():  # closed while this thread waited for the lock
+                    return
                 if self.live:
                     self._redraw()
                 elif time.time() - self._last_log >= LOG_EVERY_S and self.running:
                     self._print("running: " + "; ".join(self._cell_text(c) for c in self.running))
 
-    def _redraw(self) -> None:
+    def _redraw(self, with_cells: bool = True) -> None:
         if self._bar is None:
             return
         total, done = self._work()
@@ -108,7 +107,7 @@ class GridProgress:
         self._bar.n = done
         self._bar.set_description_str(self._desc(), refresh=False)
         self._bar.refresh()
-        cells = list(self.running)[:MAX_CELL_LINES]
+        cells = list(self.running)[:MAX_CELL_LINES] if with_cells else []
         while len(self._lines) < len(cells):
             self._lines.append(tqdm(total=0, file=self.stream, leave=False, bar_format="{desc}",
                                     position=len(self._lines) + 1))
