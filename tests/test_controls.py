@@ -67,3 +67,11 @@ def test_control_cell_runs_with_nulls_and_epochs(tmp_path):
     assert [r["step"] for r in rows] == [5]
     for key in ("null_copy_rate", "excess_copy_rate_lo", "null_mem_rate", "epochs", "n_gen_mem"):
         assert key in rows[0], key
+
+
+def test_config_refuses_a_test_share_too_small_for_the_null_and_the_negative_control():
+    from memstudy.config import ConfigError
+
+    with pytest.raises(ConfigError, match="raise cohort_patients to at least 854"):
+        RunConfig(num_gen=64, slices_per_patient=1, dataset_size=8)  # 2 x 64 patients > 90
+    RunConfig(num_gen=64, slices_per_patient=1, dataset_size=8, cohort_patients=1000)

@@ -193,6 +193,17 @@ class RunConfig:
                 f"{n_holdout} holdout patients from {share['train']:.0%} / {share['holdout']:.0%} shares): raise it to at least "
                 f"{int(pool_needed) + 1}."
             )
+        # The never-seen slices (every rate's null) and the negative control take two disjoint
+        # sets of num_gen slices from the test share (memstudy.models.controls).
+        n_unseen = 2 * -(-self.num_gen // self.slices_per_patient)
+        if (self.dataset == "cohort" and self.spatial_dims == 2
+                and n_unseen > int(self.cohort_patients * share["test"])):
+            raise ConfigError(
+                f"cohort_patients={self.cohort_patients} leaves {int(self.cohort_patients * share['test'])} "
+                f"test-share patients, fewer than the {n_unseen} that num_gen={self.num_gen} needs "
+                f"(never-seen slices for the null and the negative control, {self.slices_per_patient} "
+                f"per patient): raise cohort_patients to at least "
+                f"{int(n_unseen / share['test']) + 1} or lower num_gen.")
         bad = [c for c in self.checkpoints if not 0 < c <= self.train_steps]
         if bad:
             raise ConfigError(f"checkpoints {bad} fall outside 1..train_steps={self.train_steps}.")
