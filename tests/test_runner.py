@@ -108,11 +108,15 @@ def test_progress_is_written_at_stage_changes_and_at_most_once_a_second(tmp_path
 
 
 def test_the_view_names_running_cells_their_stage_and_the_counts(tmp_path):
-    jobs = [CellJob(c, {"train_steps": 100}, str(tmp_path / c), "nb") for c in ("a", "b", "c")]
+    jobs = [CellJob(c, {"train_steps": 100, "ae_steps": 30}, str(tmp_path / c), "nb")
+            for c in ("a", "b", "c")]
     out = io.StringIO()
     with GridProgress("g", jobs, live=False, stream=out) as view:
         view.update(CellOutcome("a", "running"))
         view.update(CellOutcome("b", "running"))
+        write_progress(tmp_path / "b", "autoencoder")  # stage 1 logs its steps to stats.jsonl
+        (tmp_path / "b" / "stats.jsonl").write_text('{"stage": "autoencoder", "step": 26}\n{"st')
+        assert "b  autoencoder 26/30" in view._cell_text("b")
         write_progress(tmp_path / "a", "diffusion", 40, 100)
         assert "a  diffusion 40/100" in view._cell_text("a")
         total, done = view._work()
@@ -195,6 +199,7 @@ def test_a_dead_worker_fails_only_its_own_cell(tmp_path):
                 kernel = wait_for(lambda: worker.children(), 60, "the kernel to start")[0]
                 worker.kill()  # as the out-of-memory killer would
     assert outcomes["ok"].status == "complete"
+    assert "without encryption" not in (tmp_path / "ok" / "worker.log").read_text()  # silenced
     assert outcomes["dies"].status == "failed"
     assert outcomes["dies"].error.startswith("WorkerDied: the worker process of this cell was "
                                              "killed by SIGKILL (signal 9)")

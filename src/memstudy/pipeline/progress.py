@@ -7,10 +7,13 @@ Two forms: a live view (tqdm bars on stderr, refreshed every second) and, for lo
 
 from __future__ import annotations
 
+import json
+import os
 import sys
 import threading
 import time
 from datetime import datetime
+from pathlib import Path
 
 from tqdm.auto import tqdm
 
@@ -132,6 +135,9 @@ class GridProgress:
         if not prog or prog.get("time", 0) < self.running[cid]:  # none yet, or a killed run's
             return f"{cid}  starting ({elapsed:.0f} s)"
         step = f" {prog['step']}/{prog['total']}" if prog.get("total") else ""
+        if prog["stage"] == "autoencoder" and not step:  # stage 1 logs to stats.jsonl only
+            done = _last_logged_step(self.jobs[cid].run_dir, "autoencoder")
+            step = f" {done}/{self.jobs[cid].params.get('ae_steps', '?')}" if done else ""
         return f"{cid}  {prog['stage']}{step}  ({elapsed:.0f} s)"
 
     def _work(self) -> tuple[float, float]:
@@ -157,6 +163,24 @@ class GridProgress:
         stamp = datetime.now().strftime("%H:%M:%S")
         print(f"[{stamp}] grid {self.name}: {text}", file=self.stream, flush=True)
         self._last_log = time.time()
+
+
+def _last_logged_step(run_dir: str, stage: str) -> int | None:
+    """The step of the last ``stats.jsonl`` record if it belongs to ``stage`` (reads the tail)."""
+    try:
+        with open(Path(run_dir) / "stats.jsonl", "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 4096))
+            lines = f.read().decode(errors="replace").splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue  # torn, or cut by the seek
+        return record.get("step") if record.get("stage") == stage else None
+    return None
 
 
 def _fraction(prog: dict | None) -> float:
