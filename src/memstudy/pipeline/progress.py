@@ -42,7 +42,6 @@ class GridProgress:
         self.elsewhere: list[str] = []  # locked: another runner has them
         self.running: dict[str, float] = {}  # cell id -> time it started
         self.base: dict[str, float] = {}  # fraction a resumed cell had when first seen
-        self.t0 = time.time()
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._bar = None

@@ -28,6 +28,10 @@ import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # executors imports this module: no import at run time
+    from .executors import CellJob
 
 PARENT_ENV = "MEMSTUDY_RUNNER_PID"  # the runner a worker must not outlive
 LOG_FILE = "worker.log"  # a worker's stderr (and its kernel's), in the cell's run folder
@@ -41,13 +45,13 @@ _kernel_pids: list[int] = []  # kernels this worker started (each leads its own 
 class Worker:
     """One running cell as the runner sees it."""
 
-    job: object  # executors.CellJob
+    job: CellJob
     proc: subprocess.Popen
     slot: int  # which GPU / share of the cores it holds
     started: float  # time.time() at launch
 
 
-def start_worker(job, slot: int) -> Worker:
+def start_worker(job: CellJob, slot: int) -> Worker:
     """Start the worker process of ``job`` in a new session; its stderr goes to worker.log."""
     run_dir = Path(job.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
