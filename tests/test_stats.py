@@ -126,3 +126,17 @@ def test_patient_audit_names_the_worst_patient_and_pools_membership_over_slices(
     assert audit.patient_id.tolist() == [2, 3, 1]  # worst copy margin first
     assert audit.copied.tolist() == [True, True, False]
     assert audit.membership_score.tolist() == [0.75, 0.75, 0.25]
+
+
+def test_loss_settled_step_finds_where_most_of_the_decrease_is_done(tmp_path):
+    import json
+
+    from memstudy.analysis.report import loss_settled_step
+
+    steps = np.arange(25, 1001, 25)
+    loss = 0.02 + 0.5 * np.exp(-steps / 100)  # 90 % of the drop is done near step 230
+    (tmp_path / "stats.jsonl").write_text("".join(
+        json.dumps({"stage": "diffusion", "step": int(s), "loss": float(v)}) + "\n"
+        for s, v in zip(steps, loss)))
+    assert 200 <= loss_settled_step(tmp_path, window=1) <= 275
+    assert loss_settled_step(tmp_path, stage="gan") is None
