@@ -127,7 +127,8 @@ SMOKE = {"dataset_size": 8, "holdout_size": 8, "train_steps": 2, "ae_steps": 2, 
 def test_a_real_data_grid_runs_through_the_notebook_and_its_book_shows_no_patient_pixels(
         tmp_path, monkeypatch):
     """Papermill smoke run on a fixture data set, then a one-page book built from it: without
-    show_patient_images no gallery or training example exists, in the run folder or the HTML."""
+    show_patient_images no gallery or training example exists, in the run folder or the HTML.
+    (The opt-in side is tested below, without a book build: about 2 minutes saved.)"""
     import os
     import shutil
     import subprocess
@@ -143,15 +144,14 @@ def test_a_real_data_grid_runs_through_the_notebook_and_its_book_shows_no_patien
 
     monkeypatch.setenv("MEMSTUDY_DATA", str(fx.write_png_folder(tmp_path / "données réelles")))
     results = tmp_path / "results"
-    spec = GridSpec.from_dict({"name": "realdata", "fixed": {"dataset": "folder", **SMOKE},
-                               "axes": {"show_patient_images": [False, True]}})
+    spec = GridSpec.from_dict({"name": "realdata", "fixed": {"dataset": "folder", **SMOKE}})
     summary = run_grid(spec, results_dir=results, progress=False)
     assert not summary.failed, summary.failed
-    hidden, shown = book.complete_cells(results / "realdata")
-    assert not book.patient_images_allowed(hidden) and book.patient_images_allowed(shown)
-    pixels = ("gallery_*.png", "train_examples.png")
-    assert not [p for g in pixels for p in (hidden / "figures").glob(g)]
-    assert all(list((shown / "figures").glob(g)) for g in pixels)  # the opt-in draws them
+    [hidden] = book.complete_cells(results / "realdata")
+    assert not book.patient_images_allowed(hidden)
+    assert (hidden / "figures" / "training_curve.png").exists()  # figures were drawn, but
+    assert not [p for g in ("gallery_*.png", "train_examples.png")  # none of patients
+                for p in (hidden / "figures").glob(g)]
     data = json.loads((hidden / "data.json").read_text())
     assert data["has_patient_ids"] is False and "each image is its own patient" in data["patient_ids"]
     write_report(results / "realdata")
@@ -182,3 +182,30 @@ def test_the_quick_grid_is_pointed_at_a_data_set_with_one_flag(capsys, tmp_path,
     assert main(["grid", "run", "quick", "--set", "dataset=medmnist:organamnist_64", "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "grid quick-medmnist_organamnist_64 " in out and "dataset=medmnist:organamnist_64" in out
+
+
+def test_figures_of_real_patients_need_the_opt_in(tmp_path, monkeypatch):
+    """The book helper shows a run's gallery for the cohort or with show_patient_images, and a
+    notice (no image) otherwise; the cell draws such figures under the same rule."""
+    import IPython.display
+    from PIL import Image as PILImage
+
+    from memstudy.analysis import book
+
+    shown = []
+    monkeypatch.setattr(IPython.display, "display", shown.append)
+    for dataset, opt_in, expect_image in [("folder", False, False), ("folder", True, True),
+                                          ("cohort", False, True)]:
+        cfg = RunConfig(dataset=dataset, show_patient_images=opt_in)
+        assert cfg.may_show_patient_images is expect_image
+        run = tmp_path / f"{dataset}-{opt_in}"
+        (run / "figures").mkdir(parents=True)
+        (run / "config.json").write_text(cfg.to_json())
+        fx_png = run / "figures" / "gallery_step000002_pixel.png"
+        PILImage.fromarray(fx.xray(0)).save(fx_png)
+        shown.clear()
+        book.figure(fx_png, "gallery")
+        kinds = [type(x).__name__ for x in shown]
+        assert ("Image" in kinds) is expect_image, (dataset, opt_in, kinds)
+        if not expect_image:
+            assert "would show images of real patients" in shown[0].data
