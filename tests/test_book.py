@@ -1,21 +1,174 @@
-"""The book builds, with errors raised, from run folders alone (the `tiny` preset's)."""
+"""The book builds, with errors raised, from run folders alone (the `tiny` preset's), every
+figure a page makes is on the page, and a rebuild shows the results that are on disk now."""
 
+import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-
-from memstudy.validation.planted import run_benchmark
-from memstudy.pipeline.runner import run_grid
-from memstudy.analysis.report import write_report
+import yaml
+from bs4 import BeautifulSoup
 
 ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+# A code cell makes a figure when it calls a plotting function, shows a PNG or draws with
+# matplotlib/seaborn. Such a cell must leave an image on the page (the cohort page once built
+# its figure and never displayed it).
+MAKES_FIGURE = re.compile(r"\bplot_\w+\(|\w+_histogram\(|\bbook\.(figure|show)\(|\bfigure\(|"
+                          r"\bplt\.|\bsns\.|\brelplot\(")
+CODE_CELL = re.compile(r"^```\{code-cell\}[^\n]*\n(.*?)^```", re.S | re.M)
+
+
+def code_cells(source: Path) -> list[str]:
+    """Sources of a page's code cells that reach the HTML (``remove-cell`` ones never do), in
+    order, from a MyST notebook (``.md``) or a Jupyter notebook (``.ipynb``)."""
+    if source.suffix == ".ipynb":
+        cells = json.loads(source.read_text())["cells"]
+        return ["".join(c["source"]) for c in cells if c["cell_type"] == "code"
+                and "remove-cell" not in c.get("metadata", {}).get("tags", [])]
+    cells = CODE_CELL.findall(source.read_text())
+    return [c for c in cells if not re.search(r"^:tags:.*remove-cell", c, re.M)]
+
+
+def toc_pages() -> list[str]:
+    """Every page of ``_toc.yml``, as its path without suffix (``book/cohort``)."""
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
+    pages = [toc["root"]]
+    for part in toc.get("parts", []):
+        for chapter in part.get("chapters", []):
+            pages += [chapter["file"]] + [s["file"] for s in chapter.get("sections", [])]
+    return pages
+
+
+def page_source(page: str) -> Path:
+    return next(p for p in (ROOT / f"{page}.md", ROOT / f"{page}.ipynb") if p.exists())
+
+
+def says_why(cell) -> bool:
+    """A cell may show a note instead of its figure when the figure's input is absent (no 3D
+    run yet, real patients' pixels): an italic sentence starting "No ..." or "Not shown"."""
+    return any(re.match(r"\s*(No |Not shown)", em.get_text()) for em in cell.find_all("em"))
+
+
+def page_problems(source: Path, html_path: Path) -> list[str]:
+    """What a reader would miss on a built page: figures never shown, empty outputs, tracebacks.
+
+    The k-th code cell of the source that reaches the HTML is the k-th ``div.cell`` of the page.
+    """
+    problems = []
+    soup = BeautifulSoup(html_path.read_text(), "html.parser")
+    article = soup.find("article") or soup
+    text = article.get_text()
+    if "Traceback" in text or article.select(".output.traceback, .output.stderr"):
+        problems.append("shows a Python traceback or stderr output")
+    sources = code_cells(source)
+    divs = article.select("div.cell")
+    if len(sources) != len(divs):
+        return problems + [f"{len(sources)} code cells in the source but {len(divs)} on the page"]
+    for k, (source, div) in enumerate(zip(sources, divs), 1):
+        images = div.find_all("img")
+        content = div.get_text(strip=True) or images
+        if not content:
+            problems.append(f"code cell {k} shows nothing (empty output)")
+        if MAKES_FIGURE.search(source) and not images and not says_why(div):
+            problems.append(f"code cell {k} makes a figure but shows no image")
+        for img in images:
+            src = img.get("src", "")
+            if not (src.startswith("data:") or (html_path.parent / src).exists()):
+                problems.append(f"code cell {k} shows image {src[:60]!r}, which does not exist")
+    return problems
+
+
+def test_page_check_catches_a_figure_that_is_never_shown(tmp_path):
+    md = tmp_path / "p.md"
+    md.write_text("# P\n\n```{code-cell} ipython3\n:tags: [remove-cell]\nx = 1\n```\n\n"
+                  "```{code-cell} ipython3\n:tags: [remove-input]\nfig = plot_cohort(c)\n```\n")
+    html = tmp_path / "p.html"
+    (tmp_path / "f.png").write_bytes(b"png")
+    good = '<article><div class="cell"><div class="cell_output"><img src="f.png"/></div></div></article>'
+    html.write_text(good)
+    assert page_problems(md, html) == []
+    # The cohort page's fault: the figure is built, the cell's output is empty.
+    html.write_text('<article><div class="cell tag_remove-input docutils container">\n</div></article>')
+    assert page_problems(md, html) == ["code cell 1 shows nothing (empty output)",
+                                       "code cell 1 makes a figure but shows no image"]
+    # A figure whose input is absent may be replaced by a note that says so, and only so.
+    html.write_text('<article><div class="cell"><p><em>No complete 3D cell yet.</em></p></div></article>')
+    assert page_problems(md, html) == []
+    html.write_text('<article><div class="cell"><p><em>From preset tiny.</em></p></div></article>')
+    assert page_problems(md, html) == ["code cell 1 makes a figure but shows no image"]
+    html.write_text(good.replace("f.png", "gone.png"))
+    assert "does not exist" in page_problems(md, html)[0]
+    html.write_text(good.replace("</article>", "<pre>Traceback (most recent call last):</pre></article>"))
+    assert page_problems(md, html) == ["shows a Python traceback or stderr output"]
+
+
+def _fake_cell(folder: Path, cfg, copy_rate: float) -> None:
+    """A complete run folder as the book reads it: config.json and metrics.json."""
+    from memstudy.runio import write_json_atomic
+
+    row = {"step": 20, "detector": "pixel", "tau": 0.9, "mem_rate": copy_rate,
+           "copy_rate": copy_rate, "fp_floor": 0.05, "holdout_copy_rate": 0.05, "n_mem": 1,
+           "n_train": 8, "n_copies": 1, "n_gen": 16}
+    write_json_atomic(folder / "config.json", cfg.to_dict())
+    write_json_atomic(folder / "metrics.json", {"rows": [row], "wall_s_this_session": 1.0})
+
+
+def test_a_folder_of_single_cells_reads_as_a_grid_and_a_stale_report_is_refused(tmp_path):
+    from memstudy.analysis.book import derived_plan, load_report, report_problem
+    from memstudy.analysis.report import write_report
+    from memstudy.config import RunConfig
+
+    mine = tmp_path / "mine"
+    cfg = RunConfig(train_steps=20, lr=5e-4)
+    assert "does not exist" in report_problem(mine)
+    _fake_cell(mine / "a", cfg, 0.5)
+    assert "report.parquet is missing" in report_problem(mine)
+    write_report(mine)
+    assert report_problem(mine) is None
+    df, plan = load_report(mine)
+    assert plan["derived"] and plan["spec"]["axes"] == {}  # one cell: nothing varies
+    assert plan["spec"]["fixed"] == {"train_steps": 20, "lr": 5e-4}  # what differs from defaults
+
+    _fake_cell(mine / "b", cfg.replace(dataset_size=16), 0.25)
+    _fake_cell(mine / "c", cfg.replace(dataset_size=16, augmentation="strong"), 0.125)
+    problem = report_problem(mine)  # two new cells, report not rebuilt: refused, with the fix
+    assert "out of date" in problem and "b (absent in the report, complete on disk)" in problem
+    assert f"memstudy report {mine}" in problem
+    with pytest.raises(RuntimeError, match="out of date"):
+        load_report(mine)
+    df = write_report(mine)
+    df.drop(columns="tau").to_parquet(mine / "report.parquet")  # as an older memstudy wrote it
+    assert "other columns" in report_problem(mine) and "tau" in report_problem(mine)
+    df = write_report(mine)
+    plan = derived_plan(df, mine)
+    assert plan["spec"]["axes"] == {"augmentation": ["none", "strong"], "dataset_size": [8, 16]}
+    # base = the most common level: dataset_size 16 (two cells), augmentation none (two cells)
+    assert plan["spec"]["base"] == {"augmentation": "none", "dataset_size": 16}
+    assert [c["id"] for c in plan["cells"]] == ["a", "b", "c"]
+
+
+# Budgets of one smoke cell (seconds on a CPU), as in the `tiny` grid.
+TINY_CELL = {"ae_steps": 10, "encoder_steps": 10, "train_steps": 20, "ddim_steps": 5,
+             "num_gen": 16, "holdout_size": 16}
+
+
+def jupyter_book(out: Path, env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN / "jupyter-book"), "build", str(ROOT), "-W", "-n", "--keep-going",
+                           "--path-output", str(out)], env=env, capture_output=True, text=True,
+                          timeout=900)
 
 
 @pytest.mark.slow
 def test_book_builds_from_result_files(tmp_path):
+    from memstudy.analysis.report import write_report
+    from memstudy.pipeline.runner import run_grid
+    from memstudy.validation.planted import run_benchmark
+
     results = tmp_path / "results"
     summary = run_grid("tiny", results_dir=results, progress=False)
     assert not summary.failed, summary.failed
@@ -24,13 +177,35 @@ def test_book_builds_from_result_files(tmp_path):
                   detectors=("contrastive", "pixel", "nn_ratio", "ssim"),
                   out_dir=results / "validation", progress=False)
     env = {**os.environ, "MEMSTUDY_RESULTS": str(results), "MEMSTUDY_BOOK_PRESET": "tiny"}
-    out = subprocess.run([str(Path(sys.executable).parent / "jupyter-book"), "build", str(ROOT), "-W", "-n",
-                          "--keep-going", "--path-output", str(tmp_path / "book")],
-                         env=env, capture_output=True, text=True, timeout=900)
+    out = jupyter_book(tmp_path / "book", env)
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
     html = tmp_path / "book" / "_build" / "html"
     page = (html / "book" / "results_cell.html").read_text()
     assert "tiny/aug-none_size-XS_n-8_model-ldm_seed-0" in page  # names the run it shows
-    for name in ["intro", "cohort", "methods", "results_grid", "families", "detectors",
-                 "comparison", "cpu_regime", "rerun"]:
-        assert (html / "book" / f"{name}.html").exists(), name
+    pages = toc_pages()
+    assert {f"book/{name}" for name in ("intro", "cohort", "methods", "results_grid", "families",
+                                        "detectors", "comparison", "cpu_regime", "rerun")} <= set(pages)
+    problems = {page: page_problems(page_source(page), html / f"{page}.html") for page in pages}
+    assert not any(problems.values()), {k: v for k, v in problems.items() if v}
+
+    # book/rerun.md as a new user follows it, into the same build folder: one cell of their
+    # own, its report, the book rebuilt with their folder. No page source changed, so only
+    # the book's extension makes Sphinx re-execute the pages.
+    def memstudy(*args):
+        done = subprocess.run([str(BIN / "memstudy"), *args], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+
+    memstudy("cell", "--no-progress", "--run-dir", "results/mine/smoke1", "--param", "device=cpu",
+             *[f"--param={k}={v}" for k, v in TINY_CELL.items()])
+    env["MEMSTUDY_BOOK_PRESET"] = "mine"
+    stale = jupyter_book(tmp_path / "book", env)  # forgot `memstudy report`: refused, loudly
+    assert stale.returncode != 0
+    assert "memstudy report" in stale.stdout + stale.stderr
+    memstudy("report", "results/mine")
+    out = jupyter_book(tmp_path / "book", env)
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
+    page = (html / "book" / "results_cell.html").read_text()
+    assert "mine/smoke1" in page and "tiny/aug-none" not in page
+    for name in ("results_grid", "cpu_regime", "comparison"):  # every page re-executed
+        assert "smoke1" in (html / "book" / f"{name}.html").read_text(), name
