@@ -174,7 +174,7 @@ def test_the_dims_preset_pairs_2d_and_3d_cells_on_the_same_patients():
     assert {c.config.spatial_dims for c in cells} == {2, 3}
     by_key = {}
     for c in cells:
-        key = (c.config.dataset_size, c.config.seed)
+        key = (c.config.dataset_size, c.config.seed, c.config.model)
         by_key.setdefault(key, []).append(c.config)
     for pair in by_key.values():
         flat, vol = sorted(pair, key=lambda cfg: cfg.spatial_dims)

@@ -54,6 +54,8 @@ def dims_table(df: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
     """
     need = {"spatial_dims", "dataset_size", "seed", *(f"excess_{r}" for r in RATES)}
     rows = df[df["status"] == "complete"] if "status" in df else df
+    if "model" in rows:  # the positive controls are read by control_table
+        rows = rows[rows["model"].fillna("ldm") == "ldm"]
     missing = need - set(rows.columns)
     if rows.empty or missing:
         raise ValueError(f"no complete dims cells with {sorted(missing) or 'rows'}: run "
@@ -79,6 +81,23 @@ def dims_table(df: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
                             f"diff_{name}_hi": diff["hi"]}
             out.append(row)
     return pd.DataFrame(out)
+
+
+def control_table(df: pd.DataFrame) -> pd.DataFrame:
+    """What each arm's ruler sees of perfect copies: the ``control_positive`` cells' rates.
+
+    Their "samples" are the training images through the shared autoencoder's round trip, so
+    every one is a copy; a ruler that flags few of them cannot show memorization in that arm,
+    whatever the model does (the book asks for >= 95 %).
+    """
+    if "model" not in df:
+        return pd.DataFrame()
+    rows = df[(df["status"] == "complete") & (df["model"] == "control_positive")]
+    if rows.empty:
+        return pd.DataFrame()
+    keep = ["copy_rate", "null_copy_rate", "patient_match_rate", "null_patient_match_rate"]
+    return (rows.groupby(["dataset_size", "spatial_dims", "detector"])[keep].mean()
+            .reset_index())
 
 
 def onset(table: pd.DataFrame, rate: str = "copy_rate") -> pd.DataFrame:
