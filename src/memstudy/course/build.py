@@ -178,8 +178,8 @@ def student_notebook(nb, name: str) -> tuple[nbformat.NotebookNode, list[Exercis
             cell.metadata.setdefault("jupyter", {})["source_hidden"] = True
     banner = nbformat.v4.new_markdown_cell(
         f"*Student version of `{name}`, written by `memstudy course build`.* Each cell that "
-        "starts with `# Exercise` raises `NotImplementedError` until you replace its last line "
-        "with your code; the cell after it checks your answer and prints `correct` or what is "
+        "starts with `# Exercise` raises `NotImplementedError` until you replace its `raise` "
+        "line with your code; the cell after it checks your answer and prints `correct` or what is "
         "wrong. Written exercises end in *Your answer:* — write it there.")
     banner.metadata["tags"] = ["banner"]
     out.cells.insert(0, banner)
