@@ -270,17 +270,27 @@ def test_killed_runner_leaves_no_process_and_the_rerun_gives_the_same_table(tmp_
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     grid = tmp_path / "killed" / "smoke"
 
+    def kernel_running(runner) -> bool:
+        for proc in psutil.Process(runner.pid).children(recursive=True):
+            try:
+                if "ipykernel" in " ".join(proc.cmdline()):
+                    return True
+            except psutil.NoSuchProcess:
+                continue
+        return False
+
     def started_cells():
         return [c for c in ids if (grid / c / "config.json").exists()
                 and not (grid / c / "metrics.json").exists()]
 
-    # SIGTERM while two cells run; then SIGKILL (no cleanup possible) once one is done.
-    for sig, ready in ((signal.SIGTERM, lambda: len(started_cells()) == 2),
-                       (signal.SIGKILL, lambda: (any((grid / c / "metrics.json").exists()
-                                                     for c in ids) and started_cells()))):
+    # SIGTERM while two cells run; then SIGKILL (no cleanup possible) once one is done and
+    # another still runs.
+    for sig, ready in ((signal.SIGTERM, lambda r: len(started_cells()) == 2),
+                       (signal.SIGKILL, lambda r: (any((grid / c / "metrics.json").exists()
+                                                       for c in ids) and kernel_running(r)))):
         runner = subprocess.Popen(grid_command(tmp_path / "killed", "--jobs", "2"),
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_for(lambda: ready() or runner.poll() is not None, 600, "cells to start")
+        wait_for(lambda: runner.poll() is not None or ready(runner), 600, "cells to start")
         assert runner.poll() is None, "the grid ended before the test could stop it"
         started = owned_by(runner.pid)
         assert any("ipykernel" in " ".join(p.cmdline()) for p in started)

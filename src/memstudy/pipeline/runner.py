@@ -160,7 +160,8 @@ def run_grid(spec: GridSpec | str | Path, results_dir: str | Path | None = None,
                 _record(summary, running, outcome)
                 view.update(outcome)
     except GridInterrupted as err:
-        summary.stopped = running
+        # Slurm jobs outlive this process (scancel stops them); everywhere else they stopped.
+        summary.stopped = [] if executor == "slurm" else running
         summary.wall_s = time.perf_counter() - tic
         err.summary = summary
         raise
