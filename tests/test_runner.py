@@ -20,7 +20,7 @@ from memstudy.analysis.report import CELL_METRICS, METRIC_COLUMNS, collect
 from memstudy.pipeline.executors import CellJob, CellOutcome, run_cell_job, run_jobs
 from memstudy.pipeline.grid import load_spec
 from memstudy.pipeline.progress import GridProgress
-from memstudy.pipeline.runner import GridSummary, run_grid
+from memstudy.pipeline.runner import GridInterrupted, GridSummary, _raise_on_signals, run_grid
 from memstudy.pipeline.workers import PARENT_ENV
 from memstudy.runio import (LOCK_ENV, LOCK_FILE, RunLocked, acquire_lock, lock_holder, read_json,
                             release_lock, run_lock, write_progress)
@@ -144,6 +144,17 @@ def test_summary_reports_cells_left_to_another_runner_and_stopped_ones(tmp_path)
     text = summary.format()
     assert "left to another runner (folder locked): 1\n    b: run by pid 7 on h since t" in text
     assert "stopped while running: 1  c" in text and "resume" in text
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
+def test_stop_signals_become_one_exception_and_the_old_handlers_come_back(sig):
+    before = signal.getsignal(sig)
+    with pytest.raises(GridInterrupted) as stop:
+        with _raise_on_signals():
+            os.kill(os.getpid(), sig)
+            time.sleep(5)  # the handler raises here, at once
+    assert stop.value.signum == sig and isinstance(stop.value, KeyboardInterrupt)
+    assert signal.getsignal(sig) is before
 
 
 # ----------------------------------------------------------------------------------------
