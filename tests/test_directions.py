@@ -123,3 +123,12 @@ def test_matched_passes_compares_levels_at_equal_epochs():
     # cell's checkpoints are 100, 150 and 200 (100 to 200 passes), so size 8 is taken at step 100
     got = rows.groupby("dataset_size").epochs.first().to_dict()
     assert got == {8: 100.0, 32: 50.0, 128: 12.5}
+
+
+def test_label_shuffles_within_replicate_rarely_hold():
+    from memstudy.analysis.directions import CLAIMS, shuffle_check
+
+    df = _grid(aug_effect=0.4, n_effect=0.0)
+    rate = shuffle_check(df, _plan(AXES), CLAIMS[0], "pixel", "copy_rate", n_tests=16, n_shuffles=100)
+    assert rate is not None and rate <= 0.05
+    assert shuffle_check(df, _plan(AXES), CLAIMS[1], "pixel", "copy_rate", n_tests=16) is None  # no size axis

@@ -268,3 +268,39 @@ def level_table(df: pd.DataFrame, plan: dict, axis: str, detector: str,
                       f"excess_{rate}_hi": ex["hi"]}
         out.append(entry)
     return pd.DataFrame(out)
+
+
+def shuffle_check(df: pd.DataFrame, plan: dict, claim: Claim, detector: str, rate: str,
+                  n_tests: int, n_shuffles: int = 200, seed: int = 0) -> float | None:
+    """Share of within-replicate shuffles of the level labels that the procedure calls ``holds``.
+
+    The grid's own cells with their levels shuffled inside each replicate have no level effect
+    but keep everything else (their noise, their replicate effects, their checkpoints' serial
+    correlation), so this is the procedure's false "holds" rate on these very data. The
+    corrected threshold is Holm's first step in a family of ``n_tests``. None if the claim
+    cannot be tested here.
+    """
+    value = f"excess_{rate}"
+    rows = _claim_rows(df[df["status"] == "complete"], plan, claim, detector)
+    if rows.empty or value not in rows or "seed" not in rows:
+        return None
+    rows = rows.dropna(subset=[value])
+    levels = ordered_levels(claim.axis, rows[claim.axis])
+    if len(levels) < 2:
+        return None
+    rng = np.random.default_rng(seed)
+    labels = rows[claim.axis].to_numpy()
+    groups = [np.flatnonzero(rows["seed"].to_numpy() == s) for s in rows["seed"].unique()]
+    y, reps = rows[value].to_numpy(float), rows["seed"].to_numpy()
+    sd = ((rows[f"{value}_hi"] - rows[f"{value}_lo"]) / 3.92).to_numpy(float)
+    holds = 0
+    for i in range(n_shuffles):
+        shuffled = labels.copy()
+        for g in groups:
+            shuffled[g] = rng.permutation(labels[g])
+        masks = [shuffled == lv for lv in levels]
+        test = glm_trend_test([y[m] for m in masks], [reps[m] for m in masks])
+        ch = change_interval([y[m] for m in masks], [sd[m] for m in masks], n_boot=500, seed=seed + i)
+        p_adj = min(1.0, test["p"] * n_tests) if np.isfinite(test["p"]) else np.nan
+        holds += outcome(p_adj, test["slope"], ch["lo"], ch["hi"], claim.expect) == "holds"
+    return holds / n_shuffles
