@@ -20,7 +20,7 @@ def refused(dataset, root, tmp_path, monkeypatch, *patterns, **cfg):
     """Run a cell on ``root``; it must raise DataError matching every pattern, and leave no folder."""
     monkeypatch.setenv("MEMSTUDY_DATA", str(root))
     run_dir = tmp_path / "run"
-    params = {"dataset_size": 8, "holdout_size": 8, **cfg}
+    params = {"dataset_size": 8, "holdout_size": 8, "num_gen": 4, **cfg}
     with pytest.raises(DataError) as err:
         run_cell(RunConfig(dataset=dataset, **params), run_dir, progress=False)
     for pattern in patterns:
@@ -29,9 +29,9 @@ def refused(dataset, root, tmp_path, monkeypatch, *patterns, **cfg):
     return str(err.value)
 
 
-def only_in_train(root, keys, holdout):
+def only_in_train(root, keys, holdout, test=()):
     """A split file putting exactly ``keys`` in train, so every one of them is read."""
-    (root / SPLIT_FILE).write_text(json.dumps({"train": keys, "holdout": holdout}))
+    (root / SPLIT_FILE).write_text(json.dumps({"train": keys, "holdout": holdout, "test": list(test)}))
 
 
 def png_keys(root):
@@ -132,7 +132,7 @@ def test_infinite_and_constant_images(tmp_path, monkeypatch):
     root = fx.write_png_folder(tmp_path / "pngs", n=24)
     Image.fromarray(np.full((40, 36), 90, np.uint8)).save(root / "scan_000.png")
     keys = png_keys(root)
-    only_in_train(root, keys[:8], keys[8:16])
+    only_in_train(root, keys[:8], keys[8:16], keys[16:])
     refused("folder", root, tmp_path, monkeypatch, r"scan_000\.png: the image is constant")
 
 
@@ -147,7 +147,7 @@ def test_8_and_16_bit_images_mixed_in_one_folder_are_refused(tmp_path, monkeypat
     root = fx.write_png_folder(tmp_path / "pngs", n=24)
     Image.fromarray((fx.xray(3).astype(np.uint16) * 257)).save(root / "scan_001.png")
     keys = png_keys(root)
-    only_in_train(root, keys[:8], keys[8:16])
+    only_in_train(root, keys[:8], keys[8:16], keys[16:])
     refused("folder", root, tmp_path, monkeypatch, r"mixes 8-bit images \(e\.g\. .*scan_\d+\.png\) "
             r"and 16-bit images \(e\.g\. .*scan_001\.png\)", "convert all of them to one bit depth")
 
@@ -159,8 +159,8 @@ def test_colour_images_and_mixed_sizes_are_converted_and_said(tmp_path):
     Image.fromarray(np.stack([fx.xray(1)] * 3, axis=-1)).save(root / "scan_000.png")  # colour
     Image.fromarray(fx.xray(2, size=(64, 50))).save(root / "scan_001.png")  # another size
     keys = png_keys(root)
-    only_in_train(root, keys[:8], keys[8:16])
-    sets = load_sets(RunConfig(dataset="folder", dataset_size=8, holdout_size=8), root=root)
+    only_in_train(root, keys[:8], keys[8:16], keys[16:])
+    sets = load_sets(RunConfig(dataset="folder", dataset_size=8, holdout_size=8, num_gen=4), root=root)
     assert sets.train.images.shape == (8, 1, 32, 32)
     assert any(n.endswith("scan_000.png: colour image converted to grey") for n in sets.info["notes"])
 
@@ -169,7 +169,7 @@ def test_a_file_with_an_image_extension_that_is_not_an_image(tmp_path, monkeypat
     root = fx.write_png_folder(tmp_path / "pngs", n=24)
     (root / "scan_002.png").write_text("<html>404 Not Found</html>")
     keys = png_keys(root)
-    only_in_train(root, keys[:8], keys[8:16])
+    only_in_train(root, keys[:8], keys[8:16], keys[16:])
     refused("folder", root, tmp_path, monkeypatch, r"scan_002\.png has an image extension but is not "
             "an image", "remove it from the folder")
 
@@ -200,3 +200,10 @@ def test_a_volume_with_too_few_foreground_slices(tmp_path, monkeypatch):
     refused("brats2021", root, tmp_path, monkeypatch, r"_flair\.nii\.gz: only \d+ axial slices have at "
             r"least 15% foreground, fewer than the 12 needed", "lower slices_per_patient",
             dataset_size=12, holdout_size=12, slices_per_patient=12)
+
+
+def test_too_few_never_seen_images_for_the_null(tmp_path, monkeypatch):
+    root = fx.write_brats(tmp_path / "data")  # 10 subjects: 2 in the test share, 8 slices
+    refused("brats2021", root, tmp_path, monkeypatch, r"the test share \(2 patients, never-seen "
+            r"images for the null of every rate\) holds 8 images but the run needs 16", "lower num_gen",
+            num_gen=16)

@@ -14,7 +14,7 @@ def medmnist(tmp_path, monkeypatch):
     np.savez(tmp_path / "toymnist_28.npz",
              train_images=rng.integers(0, 256, (40, 28, 28), dtype=np.uint8),
              val_images=rng.integers(0, 256, (20, 28, 28), dtype=np.uint8),
-             test_images=rng.integers(0, 256, (20, 28, 28), dtype=np.uint8))
+             test_images=rng.integers(0, 256, (40, 28, 28), dtype=np.uint8))  # null: test half
     monkeypatch.setenv("MEMSTUDY_DATA", str(tmp_path))
     return RunConfig(dataset="medmnist:toymnist_28", dataset_size=8, holdout_size=16)
 

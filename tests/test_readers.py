@@ -7,7 +7,7 @@ import pytest
 
 import data_fixtures as fx
 from memstudy.config import SPLITS, RunConfig
-from memstudy.data.readers import LAYOUTS, read_pool
+from memstudy.data.readers import LAYOUTS, DataError, read_pool
 from memstudy.data.readers.volumes import MIN_FOREGROUND, foreground
 from memstudy.data.sets import SPLIT_FILE, load_sets
 
@@ -26,7 +26,8 @@ LAYOUT_FIXTURES = {
 
 
 def cfg_for(dataset: str, **kw) -> RunConfig:
-    return RunConfig(dataset=dataset.replace(":nifti", ""), dataset_size=8, holdout_size=8, **kw)
+    return RunConfig(dataset=dataset.replace(":nifti", ""), dataset_size=8, holdout_size=8, num_gen=4,
+                     **kw)
 
 
 @pytest.mark.parametrize("dataset", list(LAYOUT_FIXTURES))
@@ -142,7 +143,7 @@ def test_a_real_data_grid_runs_through_the_notebook_and_its_book_shows_no_patien
     from memstudy.pipeline.grid import GridSpec
     from memstudy.pipeline.runner import run_grid
 
-    monkeypatch.setenv("MEMSTUDY_DATA", str(fx.write_png_folder(tmp_path / "données réelles")))
+    monkeypatch.setenv("MEMSTUDY_DATA", str(fx.write_png_folder(tmp_path / "données réelles", n=96)))
     results = tmp_path / "results"
     spec = GridSpec.from_dict({"name": "realdata", "fixed": {"dataset": "folder", **SMOKE}})
     summary = run_grid(spec, results_dir=results, progress=False)
@@ -152,6 +153,10 @@ def test_a_real_data_grid_runs_through_the_notebook_and_its_book_shows_no_patien
     assert (hidden / "figures" / "training_curve.png").exists()  # figures were drawn, but
     assert not [p for g in ("gallery_*.png", "train_examples.png")  # none of patients
                 for p in (hidden / "figures").glob(g)]
+    rows = json.loads((hidden / "metrics.json").read_text())["rows"]
+    assert all("excess_mia_auc" in r and any(k.startswith("null_") for k in r) for r in rows)  # nulls
+    split = json.loads((hidden / "split.json").read_text())
+    assert set(split["null_used"]) <= set(split["test"])  # from the data set's own test share
     data = json.loads((hidden / "data.json").read_text())
     assert data["has_patient_ids"] is False and "each image is its own patient" in data["patient_ids"]
     write_report(results / "realdata")
@@ -209,3 +214,22 @@ def test_figures_of_real_patients_need_the_opt_in(tmp_path, monkeypatch):
         assert ("Image" in kinds) is expect_image, (dataset, opt_in, kinds)
         if not expect_image:
             assert "would show images of real patients" in shown[0].data
+
+
+def test_test_and_reference_shares_feed_nulls_and_rulers_without_overlap(tmp_path):
+    from memstudy.data.sets import share_slices
+
+    root = fx.write_png_folder(tmp_path, n=120)  # one image per patient
+    cfg = cfg_for("folder")
+    sets = load_sets(cfg, root=root)
+    null = share_slices(cfg, "test", 8, salt=7, root=root)
+    negative = share_slices(cfg, "test", 8, salt=7, skip=2, root=root)  # skips 2 x 4 images' patients
+    assert len(null) == len(negative) == 8 and null.images.shape[1:] == (1, 32, 32)
+    assert not set(null.patient_id) & set(negative.patient_id)
+    assert set(null.patient_id) <= set(sets.split["test"].tolist())
+    ruler = share_slices(cfg, "reference", 8, by_seed=False, root=root)
+    assert set(ruler.patient_id) <= set(sets.split["reference"].tolist())
+    again = share_slices(cfg.replace(seed=5), "reference", 8, by_seed=False, root=root)
+    assert np.array_equal(ruler.patient_id, again.patient_id)  # a shared ruler ignores the seed
+    with pytest.raises(DataError, match=r"the test share \(18 patients left.*lower num_gen"):
+        share_slices(cfg, "test", 64, root=root)

@@ -93,14 +93,10 @@ def _cohort_sets(cfg: RunConfig) -> Sets:
 def _real_sets(cfg: RunConfig, root) -> Sets:
     """Index a local data set, split its patients, read and check the drawn ones only."""
     from .checks import check_enough
-    from .readers import read_pool
     from .readers.images import check_one_depth
 
-    pool = read_pool(cfg.dataset, root)
+    pool, split, split_from = _real_pool(cfg, root)
     keys = pool.keys()
-    by_key, split_from = _split_by_key(pool, cfg)
-    position = {k: i for i, k in enumerate(keys)}  # a patient's integer id in split.json
-    split = {name: np.array(sorted(position[k] for k in by_key[name]), np.int64) for name in SPLITS}
     order = np.random.default_rng([cfg.data_seed, cfg.seed]).permutation
     drawn = {}
     for name, n, fix in (("train", cfg.dataset_size, "lower dataset_size, or add patients"),
@@ -112,6 +108,14 @@ def _real_sets(cfg: RunConfig, root) -> Sets:
                      f"slices_per_patient={cfg.slices_per_patient} images each, split from "
                      f"{split_from})", pool.root, fix + f" (or give a {SPLIT_FILE}).")
         drawn[name] = _draw(pool, ids, n, cfg)
+    # Never-seen images (every rate's null, and the negative control's samples) come from the
+    # test share later in the cell: check now that there are enough, before the folder exists.
+    unseen = cfg.num_gen * (2 if cfg.model == "control_negative" else 1)
+    test_images = sum(min(pool.patients[i].n_images or cfg.slices_per_patient,
+                          cfg.slices_per_patient) for i in split["test"])
+    check_enough(test_images, unseen, f"test share ({len(split['test'])} patients, never-seen "
+                 "images for the null of every rate)", pool.root,
+                 f"lower num_gen, or add patients (or give a {SPLIT_FILE}).")
     sources = [s for c, parts in drawn.values() for p in parts for s in p.sources]
     kinds = [k for c, parts in drawn.values() for p in parts for k in p.kinds]
     check_one_depth(sources, kinds, pool.root)
@@ -123,6 +127,57 @@ def _real_sets(cfg: RunConfig, root) -> Sets:
             **{f"{name}_files": sorted({s for p in drawn[name][1] for s in p.sources})
                for name in drawn}}
     return Sets(train=drawn["train"][0], holdout=drawn["holdout"][0], split=split, info=info)
+
+
+def share_slices(cfg: RunConfig, share: str, n: int, salt: int = 0, skip: int = 0,
+                 by_seed: bool = True, up_to: bool = False, root=None) -> Cohort:
+    """``n`` images of whole patients from a share of a real data set's pool.
+
+    What the rulers and controls need from patients no cell trains on: the ``test`` share
+    (every rate's null, the negative control) and the ``reference`` share (shared autoencoder,
+    quality ruler). The generated cohort has its own draws (``models.controls``).
+
+    Parameters
+    ----------
+    share : str
+        "test" or "reference" (any name in ``SPLITS``).
+    n : int
+        Images wanted; patients give up to ``slices_per_patient`` each.
+    salt : int
+        Seeds the order of the share's patients, with ``data_seed`` (and ``seed``, if
+        ``by_seed``: a shared ruler, cached across cells, must not depend on a cell's seed).
+    skip : int
+        Leave out the patients that the first ``skip * slices_per_patient`` images of the same
+        order take, so two callers (the null, the negative control) never share a patient.
+    up_to : bool
+        Take fewer than ``n`` if the share holds fewer (a ruler learns from what there is);
+        otherwise a short share is a :class:`DataError`.
+    """
+    from .checks import check_enough
+
+    pool, split, split_from = _real_pool(cfg, root)
+    spp = cfg.slices_per_patient
+    order = np.random.default_rng([cfg.data_seed, *([cfg.seed] if by_seed else []), salt]
+                                  ).permutation(split[share])
+    sizes = np.cumsum([min(pool.patients[i].n_images or spp, spp) for i in order])
+    first = int(np.searchsorted(sizes, skip * spp)) + 1 if skip else 0
+    available = int(sizes[-1] - (sizes[first - 1] if first else 0)) if first < len(order) else 0
+    n = min(n, available) if up_to else n
+    check_enough(available, max(n, 1), f"{share} share ({len(order) - first} patients left, split from "
+                 f"{split_from})", pool.root, "lower num_gen, or add patients (or give a "
+                 f"{SPLIT_FILE} with a larger '{share}' share).")
+    return _draw(pool, order[first:], n, cfg)[0]
+
+
+def _real_pool(cfg: RunConfig, root):
+    """The indexed pool, its split into ``SPLITS`` as integer patient ids, and its origin."""
+    from .readers import read_pool
+
+    pool = read_pool(cfg.dataset, root)
+    by_key, split_from = _split_by_key(pool, cfg)
+    position = {k: i for i, k in enumerate(pool.keys())}  # a patient's integer id in split.json
+    split = {name: np.array(sorted(position[k] for k in by_key[name]), np.int64) for name in SPLITS}
+    return pool, split, split_from
 
 
 def _split_by_key(pool, cfg: RunConfig) -> tuple[dict[str, list[str]], str]:

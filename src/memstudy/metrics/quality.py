@@ -47,6 +47,11 @@ def feature_encoder(cfg: RunConfig, device: str, cache_dir: Path | None = None) 
     with locked(cache.with_suffix(".lock")):  # two cells starting at once train it once
         if cache.exists():  # trained by an earlier cell: its training slices are not needed
             return encoder.fit(None)
+        if cfg.dataset != "cohort":  # a real data set: its own reference share, never the cohort
+            from ..data.sets import share_slices
+
+            return encoder.fit(torch.from_numpy(share_slices(
+                cfg, "reference", FEATURE_PATIENTS * cfg.slices_per_patient, by_seed=False, up_to=True).images))
         ids = patient_split(cfg)["reference"][:FEATURE_PATIENTS]
         return encoder.fit(torch.from_numpy(patient_slices(ids, cfg).images))
 

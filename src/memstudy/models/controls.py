@@ -23,7 +23,7 @@ import torch
 
 from ..config import RunConfig
 from ..data.cohort import Cohort
-from ..data.sets import patient_slices, patient_split
+from ..data.sets import patient_slices, patient_split, share_slices
 
 UNSEEN_SALT = 7  # seeds the order of test-share patients: the null takes the first, the
 #                 negative control the next ones, so the two never share a patient
@@ -35,10 +35,8 @@ def unseen_slices(cfg: RunConfig, n: int, salt: int, skip: int = 0) -> Cohort:
     ``skip`` leaves out that many patients at the start of the draw, so two callers can take
     disjoint patients from one ordering.
     """
-    if cfg.dataset != "cohort":
-        raise NotImplementedError(
-            f"never-seen slices are drawn from the generated cohort's test share; dataset="
-            f"{cfg.dataset!r} has no reader for them yet. Use dataset='cohort' for controls.")
+    if cfg.dataset != "cohort":  # a real data set: its own test share (memstudy.data.sets)
+        return share_slices(cfg, "test", n, salt, skip)
     test_ids = patient_split(cfg)["test"]
     n_patients = -(-n // cfg.slices_per_patient)
     if skip + n_patients > len(test_ids):

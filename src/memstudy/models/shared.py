@@ -58,6 +58,11 @@ def reference_images(cfg: RunConfig) -> torch.Tensor:
 
         ids = patient_split(cfg)["reference"][:REFERENCE_PATIENTS]
         return torch.from_numpy(patient_volumes(ids, cfg).images)
+    if cfg.dataset != "cohort" and getattr(cfg, "spatial_dims", 2) == 2:  # its own reference share
+        from ..data.sets import share_slices
+
+        return torch.from_numpy(share_slices(cfg, "reference", REFERENCE_PATIENTS * cfg.slices_per_patient,
+                                             by_seed=False, up_to=True).images)
     if cfg.dataset != "cohort" or getattr(cfg, "spatial_dims", 2) != 2:
         raise ConfigError(
             f"autoencoder='shared' trains on the reference share of the generated cohort's 2D "

@@ -107,7 +107,7 @@ def _run_cell(cfg: RunConfig, run_dir: Path, progress: bool) -> dict:
         "train_used": np.unique(sets.train.patient_id).tolist(),
         "holdout_used": np.unique(sets.holdout.patient_id).tolist()})
     # Never-seen (test-share) slices: the null of every rate (metrics.evidence)
-    null = null_set(cfg) if cfg.dataset == "cohort" and getattr(cfg, "spatial_dims", 2) == 2 else None
+    null = null_set(cfg) if getattr(cfg, "spatial_dims", 2) == 2 else None  # real data: its test share
     if cfg.dataset == "cohort" and cfg.spatial_dims == 3:  # 3D: never-seen patients' volumes
         null = unseen_volumes(cfg, cfg.num_gen, UNSEEN_SALT)
     if null is not None:
@@ -195,13 +195,15 @@ def evaluate_checkpoint(cfg: RunConfig, step: int, model, sets: Sets, detectors:
         rows.append({"step": step, "epochs": epochs, "detector": det.name, **found.result.as_dict(),
                      **patients.as_dict(), **shared, **attack, **evidence})
         name = f"step{step:06d}_{det.name}"
+        if step != max(cfg.eval_steps):  # figures are read at the last checkpoint only (0.6 s
+            continue  # each, measured); the eval/*.npz beside them keep every step's values
         figures.save(figures.similarity_histogram(
             found.sim_gen_train, found.sim_holdout_train, found.result.tau, det.similarity,
             f"{det.name} detector, step {step}: {found.result.copy_rate:.0%} copies, "
             f"{found.result.mem_rate:.0%} of training memorized", source),
             run_dir / "figures" / f"hist_{name}.png")
-        if step != max(cfg.eval_steps) or not cfg.may_show_patient_images:
-            continue  # galleries: last checkpoint only, and real patients only on opt-in
+        if not cfg.may_show_patient_images:
+            continue  # galleries of real patients only on opt-in
         gallery = volume_gallery if cfg.spatial_dims == 3 else figures.nearest_gallery
         figures.save(gallery(
             gen.numpy(), sets.train.images, sets.holdout.images, found.sim_gen_train,
