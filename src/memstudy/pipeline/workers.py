@@ -60,8 +60,11 @@ def start_worker(job: CellJob, slot: int) -> Worker:
         proc = subprocess.Popen([sys.executable, "-m", "memstudy.pipeline.workers"],
                                 stdin=subprocess.PIPE, stdout=log, stderr=log, env=env,
                                 start_new_session=True)
-    proc.stdin.write(json.dumps(asdict(job)).encode())
-    proc.stdin.close()
+    try:
+        proc.stdin.write(json.dumps(asdict(job)).encode())
+        proc.stdin.close()
+    except BrokenPipeError:
+        pass  # it died at start: its exit status and worker.log say why
     return Worker(job, proc, slot, time.time())
 
 
