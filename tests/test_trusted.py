@@ -9,6 +9,7 @@ import torch
 from memstudy.config import ConfigError, RunConfig
 from memstudy.data.cohort import make_cohort
 from memstudy.data.sets import load_sets, patient_split
+from memstudy.data.splits import split_patients
 from memstudy.detect import trusted as trusted_mod
 from memstudy.detect.factory import make_detector
 from memstudy.detect.trusted import (TrustedDetector, TrustedSpec, reference_images,
@@ -164,7 +165,7 @@ def test_the_encoder_is_trained_on_reference_slices_only(monkeypatch):
 
     monkeypatch.setattr(trusted_mod, "train_trusted_encoder", spy)
     trusted_detector(spec)
-    split = patient_split(RunConfig(cohort_patients=40))
+    split = split_patients(np.arange(40), seed=0)
     expected = make_cohort(40, 32, 2, seed=0)
     mine = np.isin(expected.patient_id, split["reference"])
     assert torch.equal(seen["images"], torch.from_numpy(expected.images[mine]))

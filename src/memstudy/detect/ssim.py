@@ -132,14 +132,14 @@ def pairwise_ssim(query: torch.Tensor, ref: torch.Tensor, data_range: float = 1.
             mq, mr = mu_q[:, part, None], mu_r[:, None, :]
             # The SSIM map of every pair, written in place: each (L, c, Nr) temporary costs as
             # much as the matrix product itself (allocation and page faults), so there are two.
-            ssim_map = torch.bmm(qw[:, part], rw.transpose(1, 2))  # (L, c, Nr): sum g q r
+            # Both numerator factors are halved here and the 4 restored on the sums.
             both = mq * mr
-            ssim_map.sub_(both).mul_(2).add_(c2)  # 2 cov + c2
-            ssim_map.mul_(both.mul_(2).add_(c1))  # * (2 mu_q mu_r + c1)
+            ssim_map = torch.baddbmm(both, qw[:, part], rw.transpose(1, 2), beta=-1)  # cov
+            ssim_map.add_(c2 / 2).mul_(both.add_(c1 / 2))  # (cov + c2/2)(mu_q mu_r + c1/2)
             den = torch.add(mq**2 + c1, mr**2)  # mu_q^2 + mu_r^2 + c1
             den.mul_(var_q[:, part, None] + c2 + var_r[:, None, :])
             total[part] += ssim_map.div_(den).sum(0)
-    return total / (out_h * out_w)
+    return 4 * total / (out_h * out_w)
 
 
 class SSIMDetector(Detector):

@@ -34,7 +34,8 @@ from .contrastive import nt_xent
 from .views import PositiveView, ViewSpec, round_trip
 
 BACKBONES = ("small", "resnet10", "resnet18")
-CACHE_VERSION = 1  # bump when the training procedure changes, so old encoders are not reused
+CACHE_VERSION = 2  # bump when the training procedure changes, so old encoders are not reused
+AE_SNAPSHOTS = (0.25, 0.5, 1.0)  # round trips through the view autoencoder at these fractions
 
 
 @dataclass(frozen=True)
@@ -140,28 +141,37 @@ def reference_images(spec: TrustedSpec) -> torch.Tensor:
     return torch.from_numpy(np.concatenate(parts))
 
 
-def train_round_trip_autoencoder(images: torch.Tensor, steps: int, seed: int,
-                                 device: str = "cpu", batch_size: int = 16,
-                                 cache=None) -> Callable[[torch.Tensor], torch.Tensor]:
-    """A small MONAI ``AutoencoderKL`` (the cells' stage-1 design) trained on ``images``.
-
-    Returns its round trip ``x -> decode(encode(x))`` (posterior mean). Its reconstructions are
-    smoother than their sources, as a latent model's decoded copies are. Cached at ``cache``.
-    """
+def _autoencoder(device: str):
     from monai.networks.nets import AutoencoderKL
 
+    return AutoencoderKL(spatial_dims=2, in_channels=1, out_channels=1, channels=(16, 32, 32),
+                         latent_channels=3, num_res_blocks=1, attention_levels=(False,) * 3,
+                         norm_num_groups=8, with_encoder_nonlocal_attn=False,
+                         with_decoder_nonlocal_attn=False).to(device)
+
+
+def train_round_trip_autoencoders(images: torch.Tensor, steps: int, seed: int,
+                                  device: str = "cpu", batch_size: int = 16, cache=None,
+                                  snapshots: tuple[float, ...] = (1.0,)
+                                  ) -> list[Callable[[torch.Tensor], torch.Tensor]]:
+    """A small MONAI ``AutoencoderKL`` (the cells' stage-1 design) trained on ``images``.
+
+    Returns the round trip ``x -> decode(encode(x))`` (posterior mean) of the model at each
+    fraction of ``steps`` in ``snapshots``: an autoencoder stopped early decodes blurrier,
+    later ones sharper, and a generator's stage 1 may be anywhere on that path. Reconstructions
+    are smoother than their sources, as a latent model's decoded copies are. Cached at
+    ``cache`` (all snapshots in one file).
+    """
     torch.manual_seed(seed)
-    model = AutoencoderKL(spatial_dims=2, in_channels=1, out_channels=1, channels=(16, 32, 32),
-                          latent_channels=3, num_res_blocks=1, attention_levels=(False,) * 3,
-                          norm_num_groups=8, with_encoder_nonlocal_attn=False,
-                          with_decoder_nonlocal_attn=False).to(device)
+    model = _autoencoder(device)
+    marks = sorted({max(1, round(f * steps)) for f in snapshots})
     if cache is not None and cache.exists():
-        model.load_state_dict(torch.load(cache, map_location=device))
+        states = torch.load(cache, map_location=device)
     else:
-        gen = torch.Generator().manual_seed(seed)
+        states, gen = {}, torch.Generator().manual_seed(seed)
         opt = torch.optim.Adam(model.parameters(), lr=1e-3)
         data = images.to(device)
-        for _ in range(steps):
+        for step in range(1, max(marks) + 1):
             x = data[torch.randint(0, len(data), (batch_size,), generator=gen).to(device)]
             recon, mu, sigma = model(x)
             kl = 0.5 * (mu**2 + sigma**2 - torch.log(sigma**2 + 1e-8) - 1).mean()
@@ -169,15 +179,29 @@ def train_round_trip_autoencoder(images: torch.Tensor, steps: int, seed: int,
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            if step in marks:
+                states[step] = {k: v.detach().clone() for k, v in model.state_dict().items()}
         if cache is not None:
-            save_atomic(lambda p: torch.save(model.state_dict(), p), cache)
-    model.eval()
+            save_atomic(lambda p: torch.save(states, p), cache)
 
-    @torch.no_grad()
-    def decode(x: torch.Tensor) -> torch.Tensor:
-        return model.decode(model.encode(x.to(device).float())[0]).cpu()
+    def round_trip_of(state):
+        snapshot = _autoencoder(device)
+        snapshot.load_state_dict(state)
+        snapshot.eval()
 
-    return decode
+        @torch.no_grad()
+        def decode(x: torch.Tensor) -> torch.Tensor:
+            return snapshot.decode(snapshot.encode(x.to(device).float())[0]).cpu()
+        return decode
+
+    return [round_trip_of(states[m]) for m in marks]
+
+
+def train_round_trip_autoencoder(images: torch.Tensor, steps: int, seed: int,
+                                 device: str = "cpu", batch_size: int = 16,
+                                 cache=None) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The round trip of one autoencoder trained for ``steps`` (see the plural version)."""
+    return train_round_trip_autoencoders(images, steps, seed, device, batch_size, cache)[-1]
 
 
 # --------------------------------------------------------------------------------------------
@@ -220,10 +244,11 @@ def train_trusted_encoder(spec: TrustedSpec, reference: torch.Tensor, device: st
         ae_key = {k: v for k, v in spec.key().items() if k in (
             "dataset", "image_size", "data_seed", "cohort_patients", "slices", "ae_steps", "seed",
             "version")}
-        ae_cache = cache_file("trusted_round_trip_ae", ae_key)
-        decode = train_round_trip_autoencoder(reference, spec.ae_steps, spec.seed, device,
-                                              cache=ae_cache)
-        decoded = round_trip(decode, reference).to(device)
+        decoders = train_round_trip_autoencoders(
+            reference, spec.ae_steps, spec.seed, device, snapshots=AE_SNAPSHOTS,
+            cache=cache_file("trusted_round_trip_ae", {**ae_key, "snapshots": AE_SNAPSHOTS}))
+        # (S, N, 1, H, W): every reference image through every snapshot, computed once
+        decoded = torch.stack([round_trip(d, reference) for d in decoders]).to(device)
     gen = torch.Generator().manual_seed(spec.seed)
     view = PositiveView(spec.views, gen)
     opt = torch.optim.AdamW(encoder.parameters(), lr=spec.lr, weight_decay=1e-4)
@@ -236,7 +261,11 @@ def train_trusted_encoder(spec: TrustedSpec, reference: torch.Tensor, device: st
     for step in range(spec.steps):
         idx = torch.randperm(len(data), generator=gen)[:batch].to(device)
         x = data[idx]
-        positive = view(x, None if decoded is None else decoded[idx])
+        if decoded is not None:  # each image through a randomly chosen snapshot
+            snap = torch.randint(0, len(decoded), (len(idx),), generator=gen).to(device)
+            positive = view(x, decoded[snap, idx])
+        else:
+            positive = view(x)
         loss = nt_xent(encoder(x), encoder(positive), spec.temperature)  # clean anchor
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -269,12 +298,16 @@ def trusted_detector(spec: TrustedSpec, device: str = "cpu", progress: bool = Fa
     reference : the images to learn from; default :func:`reference_images` of ``spec``.
         Only a test should pass its own.
     """
+    from ..models.shared import locked
+
     path = cache_file("trusted_encoder", spec.key())
     encoder = build_backbone(spec.backbone, spec.dim, spec.image_size).to(device)
-    if path.exists():  # trained by an earlier cell or benchmark: the pool is not even generated
-        encoder.load_state_dict(torch.load(path, map_location=device))
-        return TrustedDetector(encoder, spec, device)
-    reference = reference_images(spec) if reference is None else reference
-    encoder, losses = train_trusted_encoder(spec, reference, device, progress)
-    save_atomic(lambda p: torch.save(encoder.state_dict(), p), path)
+    # Cells that start at once: the first trains, the others wait for the lock and then load.
+    with locked(path.with_suffix(".lock")):
+        if path.exists():  # trained by an earlier cell or benchmark: the pool is not generated
+            encoder.load_state_dict(torch.load(path, map_location=device))
+            return TrustedDetector(encoder, spec, device)
+        reference = reference_images(spec) if reference is None else reference
+        encoder, losses = train_trusted_encoder(spec, reference, device, progress)
+        save_atomic(lambda p: torch.save(encoder.state_dict(), p), path)
     return TrustedDetector(encoder, spec, device)
