@@ -65,16 +65,20 @@ def test_a_person_in_two_shipped_folders_stays_one_patient(tmp_path):
     assert len([p for p in pool.patients if p.key == "person1"][0].items) == 2
 
 
-def test_slices_are_neighbours_with_enough_foreground(tmp_path):
+def test_slices_follow_the_cohorts_spacing_rule_within_the_foreground(tmp_path):
     root = fx.write_brats(tmp_path, n=10)
-    sets = load_sets(cfg_for("brats2021"), root=root)
-    volume = fx.head(0)
-    coverage = foreground(volume).mean(axis=(0, 1))
-    for pid in np.unique(sets.train.patient_id):
-        index = sets.train.slice_index[sets.train.patient_id == pid]
-        assert np.all(np.diff(index) == 1)  # neighbouring slices, as in the cohort
-        assert np.all(coverage[index] >= MIN_FOREGROUND)
-    assert coverage.min() < MIN_FOREGROUND  # the rule had slices to drop
+    coverage = foreground(fx.head(0)).mean(axis=(0, 1))
+    kept = np.flatnonzero(coverage >= MIN_FOREGROUND)
+    assert 0 < kept.size < len(coverage)  # the rule has slices to drop
+    for spacing, gaps in ((0.05, {1}), (0.0, None)):
+        sets = load_sets(cfg_for("brats2021", slice_spacing=spacing), root=root)
+        for pid in np.unique(sets.train.patient_id):
+            index = sets.train.slice_index[sets.train.patient_id == pid]
+            assert np.all(coverage[index] >= MIN_FOREGROUND)
+            if gaps:  # slice_spacing > 0: neighbours, as consecutive slices of a scan
+                assert set(np.diff(index)) == gaps
+            else:  # 0: spread over the kept range, first and last kept slice included
+                assert index[0] == kept[0] and index[-1] == kept[-1]
     assert sets.train.has_lesion.any() and not sets.train.has_lesion.all()  # from the seg file
 
 

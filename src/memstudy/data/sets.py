@@ -212,7 +212,7 @@ def _draw(pool, ids: np.ndarray, n: int, cfg: RunConfig) -> tuple[Cohort, list]:
     for pid in ids:
         if total >= n:
             break
-        found = pool.load(pool.patients[pid], cfg.image_size, cfg.slices_per_patient)
+        found = pool.load(pool.patients[pid], cfg)
         for image, where in zip(found.images, found.sources or ("?",) * len(found.images)):
             check_values(image, where)  # a constant image after resizing shows nothing
         parts.append(found)

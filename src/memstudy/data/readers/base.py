@@ -52,7 +52,7 @@ class Pool:
     dataset: str  # the RunConfig value, e.g. "brats2021:flair"
     root: Path
     patients: tuple[Patient, ...]  # sorted by key: a patient's position is its integer id
-    load: Callable[[Patient, int, int], Slices]  # (patient, image_size, max images) -> Slices
+    load: Callable[[Patient, Any], Slices]  # (patient, RunConfig) -> its Slices
     patient_ids: str  # where patient ids come from, or why each image is its own patient
     has_patient_ids: bool
     fixed_split: dict[str, list[str]] | None = None  # a split the data set ships (by key)

@@ -55,11 +55,11 @@ def _file(folder: Path, modality: str) -> Path | None:
     return None
 
 
-def _load(patient: Patient, image_size: int, n: int) -> Slices:
+def _load(patient: Patient, cfg) -> Slices:
     image, seg = patient.items
     volume = read_nifti(image)
     mask = read_nifti(seg) if seg is not None else None
     if mask is not None and mask.shape != volume.shape:
         raise DataError(f"{seg} has shape {mask.shape} but {image} has {volume.shape}: the "
                         "segmentation belongs to another scan; fix or remove it.")
-    return volume_slices(volume, image, image_size, n, mask)
+    return volume_slices(volume, image, cfg, mask)

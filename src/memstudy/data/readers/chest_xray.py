@@ -54,6 +54,6 @@ def index(dataset: str, root=None) -> Pool | None:
                             "image is its own patient (its file name has no patient id)")
 
 
-def _load(patient: Patient, image_size: int, n: int) -> Slices:
-    items = patient.items[:n]
-    return image_slices([p for p, _ in items], image_size, [sick for _, sick in items])
+def _load(patient: Patient, cfg) -> Slices:
+    items = patient.items[:cfg.slices_per_patient]
+    return image_slices([p for p, _ in items], cfg.image_size, [sick for _, sick in items])

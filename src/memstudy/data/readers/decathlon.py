@@ -42,11 +42,11 @@ def index(dataset: str, root=None) -> Pool | None:
                 patient_ids="Decathlon file names (BRATS_XXX), one file per patient")
 
 
-def _load(patient: Patient, image_size: int, n: int) -> Slices:
+def _load(patient: Patient, cfg) -> Slices:
     image, label, channel = patient.items
     volume = read_nifti(image, channels=len(CHANNELS))[..., channel]
     mask = read_nifti(label) if label is not None else None
     if mask is not None and mask.shape != volume.shape:
         raise DataError(f"{label} has shape {mask.shape} but {image} has {volume.shape[:3]}: the "
                         "label belongs to another scan; fix or remove it.")
-    return volume_slices(volume, image, image_size, n, mask)
+    return volume_slices(volume, image, cfg, mask)

@@ -75,12 +75,12 @@ def _read_table(table: Path, root: Path, files: list[Path]) -> dict[Path, str]:
     return {known[p]: k for p, k in owner.items()}
 
 
-def _load_images(patient: Patient, image_size: int, n: int) -> Slices:
-    return image_slices(list(patient.items[:n]), image_size)
+def _load_images(patient: Patient, cfg) -> Slices:
+    return image_slices(list(patient.items[:cfg.slices_per_patient]), cfg.image_size)
 
 
-def _load_volume(patient: Patient, image_size: int, n: int) -> Slices:
+def _load_volume(patient: Patient, cfg) -> Slices:
     # A patient with several volumes contributes slices of its first one: neighbouring
     # slices of one scan are what the slice axis of the study means.
     path = patient.items[0]
-    return volume_slices(read_nifti(path), path, image_size, n)
+    return volume_slices(read_nifti(path), path, cfg)

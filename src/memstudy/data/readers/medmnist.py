@@ -45,15 +45,15 @@ def index(dataset: str, root=None) -> Pool:
     split["test"], split["reference"] = split["test"][:half], split["test"][half:]
     volumes = "3d" in path.stem.lower()
 
-    def load(patient: Patient, image_size: int, n: int) -> Slices:
+    def load(patient: Patient, cfg) -> Slices:
         key, row = patient.items
         x = arrays.get(key)[row]
         where = f"{path} {key}[{row}]"
         if volumes:  # (D, H, W): the first axis is the slice axis
-            s = volume_slices(np.moveaxis(x, 0, -1).astype(np.float32), where, image_size, n)
+            s = volume_slices(np.moveaxis(x, 0, -1).astype(np.float32), where, cfg)
             return Slices(s.images, s.slice_index, s.has_lesion, sources=(where,) * len(s.images))
         x = x @ np.array([0.299, 0.587, 0.114], np.float32) if x.ndim == 3 else x  # colour -> grey
-        return Slices(square_resize(x[None, None].astype(np.float32), image_size), np.zeros(1, np.int64),
+        return Slices(square_resize(x[None, None].astype(np.float32), cfg.image_size), np.zeros(1, np.int64),
                       np.zeros(1, bool), sources=(where,))
 
     return Pool(dataset, path.parent, tuple(patients), load, has_patient_ids=False,

@@ -64,6 +64,6 @@ def index(dataset: str, root=None) -> Pool | None:
                 patient_ids=f"the 'Patient ID' column of {table.name}", notes=notes)
 
 
-def _load(patient: Patient, image_size: int, n: int) -> Slices:
-    items = patient.items[:n]
-    return image_slices([p for p, _ in items], image_size, [finding for _, finding in items])
+def _load(patient: Patient, cfg) -> Slices:
+    items = patient.items[:cfg.slices_per_patient]
+    return image_slices([p for p, _ in items], cfg.image_size, [finding for _, finding in items])

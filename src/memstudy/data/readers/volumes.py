@@ -2,8 +2,11 @@
 
 The rules follow Akbar et al.: axial slices, kept only where the brain (the foreground) covers
 at least 15 % of the slice, so the models never train on near-empty slices at the top and
-bottom of the head. Like the generated cohort, each patient gives ``slices_per_patient``
-neighbouring slices (``SLICE_SPACING`` apart), here centred on its range of kept slices.
+bottom of the head. Each patient gives ``slices_per_patient`` slices chosen in its range of
+kept slices the way the generated cohort chooses them in its height range
+(:func:`memstudy.data.cohort.slice_positions`): ``slice_spacing = 0`` spreads them over the
+range; ``slice_spacing > 0`` puts neighbours that share of the range apart (the cohort's range
+is 0.7 high), centred, and at least one voxel apart.
 """
 
 from __future__ import annotations
@@ -17,11 +20,12 @@ import numpy as np
 import torch
 from monai.transforms import Resize, ScaleIntensityRangePercentiles
 
+from ...config import RunConfig
 from ..checks import check_values
+from ..cohort import Z_RANGE
 from .base import DataError, Slices
 
 MIN_FOREGROUND = 0.15  # share of a slice that must be foreground (Akbar et al.: 15 %)
-SLICE_SPACING = 1  # slices between two chosen ones: 1 = neighbouring slices, as in the cohort
 SLICE_AXIS = 2  # axial, once the volume is reoriented to RAS (nibabel's closest canonical)
 PERCENTILES = (0.5, 99.5)  # intensity clipping before scaling to [0, 1]
 
@@ -61,34 +65,49 @@ def read_nifti(path: Path, channels: int | None = None) -> np.ndarray:
     return data
 
 
-def volume_slices(volume: np.ndarray, path: Path, image_size: int, n: int,
-                  seg: np.ndarray | None = None) -> Slices:
-    """``n`` neighbouring axial slices of one volume, normalised to [0, 1], ``image_size`` square.
+def volume_slices(volume: np.ndarray, path, cfg: RunConfig, seg: np.ndarray | None = None) -> Slices:
+    """``cfg.slices_per_patient`` axial slices of one volume, in [0, 1], ``image_size`` square.
 
     Raises
     ------
     DataError
-        If the volume holds NaN/inf, is constant, or has fewer than ``n`` slices whose
-        foreground coverage reaches ``MIN_FOREGROUND``.
+        If the volume holds NaN/inf, is constant, or has too few slices whose foreground
+        coverage reaches ``MIN_FOREGROUND`` for the slices asked for.
     """
     check_values(volume, path, "volume")
     coverage = foreground(volume).mean(axis=(0, 1))  # per axial slice
     kept = np.flatnonzero(coverage >= MIN_FOREGROUND)
-    span = (n - 1) * SLICE_SPACING + 1
-    if kept.size == 0 or kept[-1] - kept[0] + 1 < span:
+    n = cfg.slices_per_patient
+    index = choose_slices(kept, n, cfg.slice_spacing)
+    if index is None or np.any(coverage[index] < MIN_FOREGROUND):
         raise DataError(f"{path}: only {kept.size} axial slices have at least {MIN_FOREGROUND:.0%} "
-                        f"foreground, fewer than the {span} needed for slices_per_patient={n}: "
-                        "lower slices_per_patient, or remove this subject if it is mostly empty.")
-    # Centre the window on the middle of the kept range, inside it.
-    start = int(np.clip((kept[0] + kept[-1] + 1 - span) // 2, kept[0], kept[-1] + 1 - span))
-    index = start + SLICE_SPACING * np.arange(n)
+                        f"foreground, too few for slices_per_patient={n} with slice_spacing="
+                        f"{cfg.slice_spacing:g}: lower either, or remove this subject if it is "
+                        "mostly empty.")
     scaled = ScaleIntensityRangePercentiles(*PERCENTILES, b_min=0.0, b_max=1.0, clip=True)(volume)
     chosen = np.moveaxis(np.asarray(scaled)[:, :, index], SLICE_AXIS, 0)  # (n, X, Y)
     # RAS puts anterior at +y; images show anterior at the top, as the cohort does.
     chosen = np.flip(np.swapaxes(chosen, 1, 2), axis=1)
     lesion = (np.zeros(n, bool) if seg is None else (seg[:, :, index] > 0).any(axis=(0, 1)))
-    return Slices(square_resize(chosen[:, None], image_size), index.astype(np.int64), lesion,
+    return Slices(square_resize(chosen[:, None], cfg.image_size), index.astype(np.int64), lesion,
                   sources=(str(path),) * n)
+
+
+def choose_slices(kept: np.ndarray, n: int, spacing: float) -> np.ndarray | None:
+    """Indices of ``n`` distinct slices in the range of ``kept``, or None if they do not fit."""
+    if kept.size == 0:
+        return None
+    lo, hi = int(kept[0]), int(kept[-1])
+    if n == 1:
+        index = np.array([(lo + hi) // 2])
+    elif spacing == 0:  # spread over the range, as the cohort's default
+        index = np.round(np.linspace(lo, hi, n)).astype(int)
+    else:  # the cohort's spacing as a share of its range, at least one voxel
+        step = max(1, round(spacing / (Z_RANGE[1] - Z_RANGE[0]) * (hi - lo)))
+        index = np.round((lo + hi) / 2 + step * (np.arange(n) - (n - 1) / 2)).astype(int)
+    if len(set(index.tolist())) < n or index.min() < lo or index.max() > hi:
+        return None
+    return index
 
 
 def foreground(volume: np.ndarray) -> np.ndarray:
