@@ -208,3 +208,15 @@ def test_too_few_never_seen_images_for_the_null(tmp_path, monkeypatch):
     refused("brats2021", root, tmp_path, monkeypatch, r"the test share \(2 patients, never-seen "
             r"images for the null of every rate\) holds 8 images but the run needs 16", "lower num_gen",
             num_gen=16)
+
+
+def test_the_notebook_reads_data_root_and_stops_before_any_run_folder(tmp_path):
+    import papermill as pm
+    from pathlib import Path
+
+    notebook = Path(__file__).resolve().parents[1] / "notebooks" / "ablation.ipynb"
+    with pytest.raises(pm.PapermillExecutionError, match=r"nowhere does not exist"):
+        pm.execute_notebook(str(notebook), str(tmp_path / "out.ipynb"), progress_bar=False,
+                            parameters={"dataset": "brats2021", "data_root": str(tmp_path / "nowhere"),
+                                        "run_dir": str(tmp_path / "run")})
+    assert not (tmp_path / "run").exists()
