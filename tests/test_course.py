@@ -79,6 +79,8 @@ def test_build_writes_students_solutions_and_template(course):
         assert all("NotImplementedError" in c.source for c in stubs if c.cell_type == "code")
         assert not any(build.SOLUTION in _tags(c) for c in student.cells)
         assert not any(c.get("outputs") for c in student.cells if c.cell_type == "code")
+        assert all(c.metadata["jupyter"]["source_hidden"] for c in student.cells
+                   if build.CHECK in _tags(c))  # the checks compute the answers: folded
     solutions = course["solutions"].read_text()
     assert all(f"Exercise {e.id} " in solutions and e.solution in solutions for e in exercises)
     with open(course["template"]) as f:
@@ -117,6 +119,36 @@ def test_checks_say_correct_or_what_is_wrong(capsys):
     assert "give two numbers" in capsys.readouterr().out
 
 
+def test_class_table_replaces_a_students_row_and_summarizes_by_setting(tmp_path):
+    path = tmp_path / "class.csv"
+    base = {c: 0 for c in labs.CLASS_COLUMNS} | {"student": "ada", "dataset_size": 8,
+                                                  "augmentation": "none", "unet_preset": "S",
+                                                  "train_steps": 1000, "detector": "pixel",
+                                                  "config_digest": "aaa"}
+    labs.add_to_class_table(base | {"excess": 0.5, "excess_lo": 0.3}, path)
+    labs.add_to_class_table(base | {"excess": 0.6, "excess_lo": 0.4}, path)  # a rerun: replaced
+    table = labs.add_to_class_table(base | {"student": "bo", "seed": 1, "config_digest": "bbb",
+                                            "excess": 0.0, "excess_lo": -0.1}, path)
+    assert len(table) == 2 and list(table.columns) == labs.CLASS_COLUMNS
+    (row,) = labs.class_summary(table).to_dict("records")
+    assert (row["runs"], row["seeds"], row["runs_clear_of_null"]) == (2, 2, 1)
+    assert row["excess_mean"] == pytest.approx(0.3) and row["excess_max"] == pytest.approx(0.6)
+
+
+def test_pretend_generator_knows_its_copies():
+    from memstudy import RunConfig
+    from memstudy.detect.factory import make_detector
+    from memstudy.metrics.scoring import score
+
+    cfg = RunConfig.from_params({"dataset_size": 16, "holdout_size": 32})
+    sets, gen_set, is_copy = labs.pretend_generator(cfg, n_copies=16, n_new=32, noise=0.0)
+    train, holdout = sets.tensors()
+    assert is_copy.sum() == 16 and len(gen_set) == 48
+    found = score(make_detector("pixel").fit(train), train, holdout, gen_set)
+    assert (found.sim_gen_train[is_copy] > 0.999).all()  # exact copies match their source
+    assert (found.sim_gen_train[~is_copy] < 0.999).all()  # new patients never do
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(p.name for p in NOTEBOOKS.glob("*.ipynb")))
 def test_instructor_and_student_versions_run(name, course, tmp_path):
@@ -143,3 +175,7 @@ def test_instructor_and_student_versions_run(name, course, tmp_path):
     for cell in student.cells:
         if build.CHECK in _tags(cell):
             assert "not answered yet" in _text(cell), _text(cell)
+    if name == "lab1_cell.ipynb":  # both runs added the same student's row: it is there once
+        with open(params["class_table"]) as f:
+            rows = list(csv.DictReader(f))
+        assert [r["student"] for r in rows] == ["smoke"] and list(rows[0]) == labs.CLASS_COLUMNS
