@@ -114,6 +114,34 @@ def onset(table: pd.DataFrame, rate: str = "copy_rate") -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def verdicts(table: pd.DataFrame, rate: str = "patient_match_rate") -> list[str]:
+    """One sentence per cohort size and detector at the last checkpoint: 3D against 2D.
+
+    "more" or "less" only when the 95 % interval of the 3D-minus-2D excess excludes zero;
+    otherwise the sizes here cannot tell the two apart.
+    """
+    out = []
+    last = table[table["step"] == table["step"].max()]
+    for (size, det), g in last.groupby(["dataset_size", "detector"]):
+        arms = g.set_index("spatial_dims")
+        if not {2, 3} <= set(arms.index):
+            continue
+        flat, vol = arms.loc[2], arms.loc[3]
+
+        def excess(r):
+            return (f"{r[f'excess_{rate}']:+.0%} [{r[f'excess_{rate}_lo']:+.0%}, "
+                    f"{r[f'excess_{rate}_hi']:+.0%}]")
+
+        lo, hi = vol[f"diff_{rate}_lo"], vol[f"diff_{rate}_hi"]
+        word = ("more than" if lo > 0 else "less than" if hi < 0 else
+                "no differently from (the interval includes zero)")
+        out.append(f"{int(flat['n_patients'])} training patients, {det}, step {int(vol['step'])}, "
+                   f"{int(vol['n_cells'])} replicate(s): the volume model matches its patients "
+                   f"{word} the slice model — excess over the null {excess(vol)} in 3D, "
+                   f"{excess(flat)} in 2D; difference {vol[f'diff_{rate}']:+.0%} [{lo:+.0%}, {hi:+.0%}].")
+    return out
+
+
 def load_dims(results_dir: str | Path) -> pd.DataFrame:
     """:func:`dims_table` of a dims results folder (``results/dims``)."""
     return dims_table(collect(results_dir))
