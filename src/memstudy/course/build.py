@@ -254,19 +254,20 @@ def build_course(src: str | Path | None = None, out: str | Path | None = None) -
 
 def add_parser(commands) -> None:
     """The ``memstudy course`` subcommand (called by :mod:`memstudy.cli`)."""
+    epilog = ("example:\n  memstudy course build --out handout\n      handout/student/*.ipynb, "
+              "handout/solutions.md, handout/class_results_template.csv\n\ncost: a few seconds "
+              "(imports); runs no notebook.")
     course = commands.add_parser(
         "course", help="build the course's student notebooks and solutions",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="The teaching module: write student versions of the instructor notebooks.",
-        epilog="example:\n  memstudy course build --out handout\n      handout/student/*.ipynb, "
-        "handout/solutions.md, handout/class_results_template.csv\n\ncost: a few seconds "
-        "(imports); runs no notebook.")
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=epilog,
+        description="The teaching module: write student versions of the instructor notebooks.")
     actions = course.add_subparsers(required=True, metavar="ACTION")
     build = actions.add_parser(
         "build", help="student notebooks, solutions file and class-results template",
-        description="Replace every solution of the instructor notebooks by a stub that raises "
-        "NotImplementedError with the task in words; keep the checks; write the solutions and "
-        "an empty class-results table beside them.")
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=epilog,
+        description="Replace every solution of the instructor notebooks by a stub that raises\n"
+        "NotImplementedError with the task in words; keep the checks; write the solutions\n"
+        "and an empty class-results table beside them.")
     build.add_argument("--src", type=Path, default=None,
                        help=f"instructor notebooks (default: {default_source()})")
     build.add_argument("--out", type=Path, default=None,
