@@ -27,7 +27,7 @@ from .base import DataError, Slices
 
 MIN_FOREGROUND = 0.15  # share of a slice that must be foreground (Akbar et al.: 15 %)
 SLICE_AXIS = 2  # axial, once the volume is reoriented to RAS (nibabel's closest canonical)
-PERCENTILES = (0.5, 99.5)  # intensity clipping before scaling to [0, 1]
+PERCENTILES = (0.5, 99.5)  # intensity clipping (over a patient's chosen slices) before [0, 1]
 
 
 def read_nifti(path: Path, channels: int | None = None) -> np.ndarray:
@@ -84,8 +84,10 @@ def volume_slices(volume: np.ndarray, path, cfg: RunConfig, seg: np.ndarray | No
                         f"foreground, too few for slices_per_patient={n} with slice_spacing="
                         f"{cfg.slice_spacing:g}: lower either, or remove this subject if it is "
                         "mostly empty.")
-    scaled = ScaleIntensityRangePercentiles(*PERCENTILES, b_min=0.0, b_max=1.0, clip=True)(volume)
-    chosen = np.moveaxis(np.asarray(scaled)[:, :, index], SLICE_AXIS, 0)  # (n, X, Y)
+    # Percentiles of the chosen slices, all of them together: one patient's slices keep their
+    # relative intensities, and the rest of a 9-million-voxel volume is never scaled.
+    scale = ScaleIntensityRangePercentiles(*PERCENTILES, b_min=0.0, b_max=1.0, clip=True)
+    chosen = np.moveaxis(np.asarray(scale(volume[:, :, index])), SLICE_AXIS, 0)  # (n, X, Y)
     # RAS puts anterior at +y; images show anterior at the top, as the cohort does.
     chosen = np.flip(np.swapaxes(chosen, 1, 2), axis=1)
     lesion = (np.zeros(n, bool) if seg is None else (seg[:, :, index] > 0).any(axis=(0, 1)))
@@ -112,7 +114,8 @@ def choose_slices(kept: np.ndarray, n: int, spacing: float) -> np.ndarray | None
 
 def foreground(volume: np.ndarray) -> np.ndarray:
     """Voxels brighter than 5 % of the robust intensity range: the head, not the air."""
-    lo, hi = float(volume.min()), float(np.percentile(volume, 99.5))
+    sample = volume[::2, ::2, ::2]  # an eighth of the voxels: the same percentile, 8x faster
+    lo, hi = float(sample.min()), float(np.percentile(sample, 99.5))
     return volume > lo + 0.05 * (hi - lo)
 
 
