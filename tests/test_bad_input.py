@@ -220,3 +220,13 @@ def test_the_notebook_reads_data_root_and_stops_before_any_run_folder(tmp_path):
                             parameters={"dataset": "brats2021", "data_root": str(tmp_path / "nowhere"),
                                         "run_dir": str(tmp_path / "run")})
     assert not (tmp_path / "run").exists()
+
+
+def test_a_grid_on_bad_data_stops_once_before_any_cell(tmp_path, monkeypatch, capsys):
+    from memstudy.cli import main
+
+    monkeypatch.setenv("MEMSTUDY_RESULTS", str(tmp_path / "results"))
+    monkeypatch.setenv("MEMSTUDY_DATA", str(fx.write_chest_xray(tmp_path / "data")))
+    assert main(["grid", "run", "smoke", "--set", "dataset=brats2021", "--no-progress"]) == 2
+    assert "does not hold the 'brats2021' layout" in capsys.readouterr().err
+    assert not (tmp_path / "results").exists()  # no cell folder, no error.json

@@ -241,6 +241,16 @@ def _with_set(spec_name: str, items: list[str]):
                               source=f"{spec.source} with --set {' '.join(items)}")
 
 
+def _check_data(spec) -> None:
+    """Index each real data set of a grid once (no pixels), printing what was found."""
+    from .data.sets import check_data
+    from .pipeline.grid import load_spec
+
+    cells = (load_spec(spec) if isinstance(spec, (str, Path)) else spec).cells()
+    for dataset in sorted({c.config.dataset for c in cells} - {"cohort"}):
+        print(check_data(next(c.config for c in cells if c.config.dataset == dataset)))
+
+
 def _grid_run(args: argparse.Namespace) -> int:
     from .pipeline.executors import SlurmOptions
     from .pipeline.runner import GridInterrupted, run_grid
@@ -249,8 +259,11 @@ def _grid_run(args: argparse.Namespace) -> int:
                          time_min=args.slurm_time, cpus_per_task=args.slurm_cpus,
                          mem_gb=args.slurm_mem_gb, gpus_per_node=args.slurm_gpus)
     executor = args.executor or ("local" if (args.jobs or 1) > 1 else "sequential")
+    spec = _with_set(args.spec, args.set)
+    if not args.dry_run:
+        _check_data(spec)  # bad data: one message now, not one failed cell each
     try:
-        summary = run_grid(_with_set(args.spec, args.set), results_dir=args.results, executor=executor,
+        summary = run_grid(spec, results_dir=args.results, executor=executor,
                            jobs=args.jobs, dry_run=args.dry_run,
                            retry_failed=not args.no_retry_failed, only=args.only, slurm=slurm,
                            progress=not args.no_progress)

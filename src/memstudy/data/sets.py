@@ -129,6 +129,19 @@ def _real_sets(cfg: RunConfig, root) -> Sets:
     return Sets(train=drawn["train"][0], holdout=drawn["holdout"][0], split=split, info=info)
 
 
+def check_data(cfg: RunConfig, root=None) -> str:
+    """Index and split ``cfg``'s real data set without reading pixels; a one-line summary.
+
+    The cheap checks (folder, layout, missing files, split file) that a grid runs once before
+    its cells, so bad data gives one message instead of one failed cell each.
+    """
+    if cfg.dataset == "cohort":
+        return "the generated cohort"
+    pool, split, split_from = _real_pool(cfg, root)
+    return (f"{cfg.dataset}: {len(pool.patients)} patients in {pool.root} (patient ids: "
+            f"{pool.patient_ids}); split from {split_from}")
+
+
 def share_slices(cfg: RunConfig, share: str, n: int, salt: int = 0, skip: int = 0,
                  by_seed: bool = True, up_to: bool = False, root=None) -> Cohort:
     """``n`` images of whole patients from a share of a real data set's pool.
