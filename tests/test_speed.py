@@ -152,13 +152,6 @@ def test_a_cell_gives_identical_results_with_a_cold_and_a_warm_cache(cold_cache,
     np.testing.assert_array_equal(a, b)
 
 
-def test_shared_needs_a_reference_share(cold_cache):
-    from memstudy.config import ConfigError
-
-    with pytest.raises(ConfigError, match="per_cell"):
-        shared.reference_images(CFG.replace(dataset="medmnist:toy_28"))
-
-
 # --- the GPU path: a no-op on CPU, and a compile failure falls back to eager ----------------
 
 def test_the_cpu_step_gives_the_numbers_of_the_plain_loop(tmp_path):
