@@ -48,9 +48,9 @@ class ViewSpec:
     p_noise: float = 0.5
     blur_sigma: float = 1.3  # Gaussian blur with sigma drawn uniformly in [0.4, blur_sigma] px
     p_blur: float = 0.35
-    elastic_px: float = 3.5  # elastic warp whose largest displacement is up to elastic_px
-    p_elastic: float = 0.5
-    p_decode: float = 0.35  # start from an autoencoder round trip of the image (when given)
+    elastic_px: float = 2.0  # elastic warp whose largest displacement is up to elastic_px
+    p_elastic: float = 0.4
+    p_decode: float = 0.3  # start from an autoencoder round trip of the image (when given)
 
 
 # --------------------------------------------------------------------------------------------
@@ -116,7 +116,7 @@ def add_noise(x: torch.Tensor, std: torch.Tensor, gen: torch.Generator) -> torch
 
 
 def elastic(x: torch.Tensor, max_px: torch.Tensor, gen: torch.Generator,
-            grid: int = 6) -> torch.Tensor:
+            grid: int = 5) -> torch.Tensor:
     """A smooth random warp whose largest displacement is ``max_px`` pixels (one per image).
 
     Random displacements on a coarse ``grid x grid`` lattice are upsampled (bicubic) to a dense
