@@ -199,3 +199,18 @@ def test_bad_choices_fail_early_and_say_what_to_do():
         RunConfig(dataset="medmnist:organamnist", detectors=("trusted",))
     with pytest.raises(ValueError, match="reference share"):
         reference_patients(TrustedSpec(dataset="medmnist:organamnist"))
+
+
+def test_a_cell_scores_the_shared_encoder_and_a_second_cell_loads_it(tmp_path, monkeypatch):
+    from memstudy.pipeline.cell import run_cell
+
+    cfg = RunConfig(detectors=("trusted", "pixel"), trusted_steps=2, train_steps=4, ae_steps=2,
+                    encoder_steps=2, num_gen=8, ddim_steps=2, device="cpu", membership=False)
+    rows = run_cell(cfg, tmp_path / "a", progress=False)["rows"]
+    assert {r["detector"] for r in rows} == {"trusted", "pixel"}
+
+    def fail(*args, **kwargs):
+        raise AssertionError("a second cell of the same pool trained the encoder again")
+
+    monkeypatch.setattr(trusted_mod, "train_trusted_encoder", fail)
+    run_cell(cfg.replace(seed=1), tmp_path / "b", progress=False)  # another replicate: shared
