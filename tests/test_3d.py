@@ -44,6 +44,7 @@ def test_volumes_are_the_patients_of_the_same_2d_cell():
     (dict(model="gan"), "no 3D version"),
     (dict(image_size=128), "too large"),
     (dict(image_size=12), "divisible"),
+    (dict(adversarial_weight=0.1), "no 3D discriminator"),
 ])
 def test_impossible_3d_configs_are_refused_before_work(change, message):
     with pytest.raises(ConfigError, match=message):

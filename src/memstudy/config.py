@@ -230,6 +230,9 @@ class RunConfig:
         if self.image_size > 64:
             raise ConfigError(f"image_size={self.image_size} means {self.image_size}**3 volumes: too "
                               "large for these models on one machine; use 32 (CPU) or 64 (GPU).")
+        if self.adversarial_weight > 0:  # stage 1's PatchDiscriminator is built 2D
+            raise ConfigError("adversarial_weight > 0 has no 3D discriminator yet; with "
+                              "spatial_dims=3 set adversarial_weight=0.")
 
     # ----------------------------------------------------------------------------------
     @property
