@@ -153,10 +153,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_course(commands)
 
-    validate = commands.add_parser(
+    commands.add_parser(
         "validate", help="validate the copy detectors against planted copies (known truth)",
         add_help=False, description="Runs `memstudy validate`; see its --help.")
-    # Never reached: main() hands `validate ...` to memstudy.benchmark before parsing; the
+    # Never reached: main() hands `validate ...` to memstudy.validation.planted before parsing; the
     # parser entry is here so that `memstudy --help` lists it.
     commands.add_parser(
         "bench", help="measure steps, sampling, neighbours, one cell; project preset wall times",
