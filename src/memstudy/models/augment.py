@@ -74,15 +74,18 @@ class BatchAugment:
         flip = 1 - 2 * self._bernoulli(n, s.flip_p)
         shift = torch.stack([self._uniform(n, 2 * s.shift), self._uniform(n, 2 * s.shift)], 1)
         cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
-        theta = torch.stack([torch.stack([cos * flip, -sin, shift[:, 0]], 1),
-                             torch.stack([sin * flip, cos, shift[:, 1]], 1)], 1)
+        # MONAI's normalized theta orders coordinates like the tensor axes (H, W): the flip
+        # negates column 1, the W axis, so it mirrors the patient's left and right (an earlier
+        # version negated column 0 and turned heads upside down).
+        theta = torch.stack([torch.stack([cos, -sin * flip, shift[:, 0]], 1),
+                             torch.stack([sin, cos * flip, shift[:, 1]], 1)], 1)
         out = self._warp(x, theta.to(x.device, x.dtype))
         if s.gamma or s.contrast or s.brightness or s.noise_std:
             out = self._intensity(out)
         return out.clamp(0, 1)
 
     def _volumes(self, x: torch.Tensor) -> torch.Tensor:
-        """The 3D branch of ``__call__``; the 2D draws above stay as they were (reproducibility)."""
+        """The 3D branch of ``__call__``: rotations about three axes, a left-right flip, shifts."""
         s, n = self.spec, x.shape[0]
         rotate = self._bernoulli(n, s.rotate_p)
         angles = [self._uniform(n, math.radians(s.rotate_deg)) * rotate for _ in range(3)]
