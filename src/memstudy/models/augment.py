@@ -64,9 +64,16 @@ class BatchAugment:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.is_identity:
             return x
-        if x.dim() == 5:
-            return self._volumes(x)
-        s, n = self.spec, x.shape[0]
+        theta = self._theta_3d(x.shape[0]) if x.dim() == 5 else self._theta_2d(x.shape[0])
+        out = self._warp(x, theta.to(x.device, x.dtype))
+        s = self.spec
+        if s.gamma or s.contrast or s.brightness or s.noise_std:
+            out = self._intensity(out)
+        return out.clamp(0, 1)
+
+    def _theta_2d(self, n: int) -> torch.Tensor:
+        """(n, 2, 3) affine matrices: rotation, zoom, left-right flip and shift of each image."""
+        s = self.spec
         # Random numbers are always drawn on the CPU generator, in a fixed order, so a CPU and a
         # GPU run with the same seed see the same augmentations.
         angle = self._uniform(n, math.radians(s.rotate_deg)) * self._bernoulli(n, s.rotate_p)
@@ -77,16 +84,12 @@ class BatchAugment:
         # MONAI's normalized theta orders coordinates like the tensor axes (H, W): the flip
         # negates column 1, the W axis, so it mirrors the patient's left and right (an earlier
         # version negated column 0 and turned heads upside down).
-        theta = torch.stack([torch.stack([cos, -sin * flip, shift[:, 0]], 1),
-                             torch.stack([sin, cos * flip, shift[:, 1]], 1)], 1)
-        out = self._warp(x, theta.to(x.device, x.dtype))
-        if s.gamma or s.contrast or s.brightness or s.noise_std:
-            out = self._intensity(out)
-        return out.clamp(0, 1)
+        return torch.stack([torch.stack([cos, -sin * flip, shift[:, 0]], 1),
+                            torch.stack([sin, cos * flip, shift[:, 1]], 1)], 1)
 
-    def _volumes(self, x: torch.Tensor) -> torch.Tensor:
-        """The 3D branch of ``__call__``: rotations about three axes, a left-right flip, shifts."""
-        s, n = self.spec, x.shape[0]
+    def _theta_3d(self, n: int) -> torch.Tensor:
+        """(n, 3, 4) affine matrices: rotations about three axes, zoom, left-right flip, shift."""
+        s = self.spec
         rotate = self._bernoulli(n, s.rotate_p)
         angles = [self._uniform(n, math.radians(s.rotate_deg)) * rotate for _ in range(3)]
         zoom = 1 + self._uniform(n, s.scale)
@@ -96,11 +99,7 @@ class BatchAugment:
         # column 2 mirrors the W axis, the patient's left-right (brains are roughly symmetric).
         linear = _rotation_3d(*angles) / zoom[:, None, None]
         linear[:, :, 2] *= flip[:, None]
-        theta = torch.cat([linear, shift[:, :, None]], 2)
-        out = self._warp(x, theta.to(x.device, x.dtype))
-        if s.gamma or s.contrast or s.brightness or s.noise_std:
-            out = self._intensity(out)
-        return out.clamp(0, 1)
+        return torch.cat([linear, shift[:, :, None]], 2)
 
     def _intensity(self, x: torch.Tensor) -> torch.Tensor:
         s, n = self.spec, x.shape[0]
