@@ -29,6 +29,9 @@ import torch.nn.functional as F
 
 CHANGES = ("exact", "noise", "shift", "rotate", "intensity", "elastic", "flip", "blur",
            "decoded", "combined")
+PATIENT = "same_patient"  # an unseen slice of a training patient: a patient-level copy
+NOVEL = "novel"  # a slice of a never-seen (test-share) patient: genuinely new
+KINDS = CHANGES + (PATIENT, NOVEL)  # every kind of query the benchmark scores
 
 
 def _plain(x) -> torch.Tensor:

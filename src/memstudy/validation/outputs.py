@@ -9,10 +9,8 @@ from pathlib import Path
 import pandas as pd
 
 from ..runio import read_json, save_atomic, write_json_atomic
-from .changes import CHANGES
-from .summary import NOVEL, PATIENT, summarize
-
-KINDS = CHANGES + (PATIENT, NOVEL)
+from .changes import KINDS
+from .summary import summarize
 
 
 def _write_table(df: pd.DataFrame, stem: Path) -> None:
@@ -30,7 +28,7 @@ def _write_results(out: Path, params: dict, per_seed: pd.DataFrame, per_sample: 
                    wall_s: float, env: dict) -> pd.DataFrame:
     """Summarize the scores of every detector and seed; write the tables, figures and json."""
     from ..viz import figures
-    from ..viz.validation import recall_figure, roc_figure
+    from .figures import recall_figure, roc_figure
 
     nominal = 1 - params["percentile"] / 100
     table, recall, paired = summarize(per_sample, nominal, n_boot=params["n_boot"])

@@ -55,12 +55,9 @@ from ..detect.factory import ALL_DETECTORS, make_detector
 from ..detect.trusted import TrustedSpec, train_round_trip_autoencoder
 from ..metrics.scoring import score
 from ..runio import cache_file, environment, results_root
-from .changes import CHANGES, TRANSFORMS, decoder_transform
+from .changes import CHANGES, KINDS, NOVEL, PATIENT, TRANSFORMS, decoder_transform  # noqa: F401
 from .outputs import _source, _write_results, combine_benchmarks  # noqa: F401 (public here too)
 
-PATIENT = "same_patient"  # an unseen slice of a training patient: a patient-level copy
-NOVEL = "novel"  # a slice of a test-split patient: genuinely new
-KINDS = CHANGES + (PATIENT, NOVEL)
 
 
 def default_detectors() -> tuple[str, ...]:
@@ -330,7 +327,7 @@ def run_benchmark(image_size: int = 32, n_train: int = 64, seed: int = 0,
         per_seed += rows
         scores += found
     from ..viz import figures
-    from ..viz.validation import examples_figure
+    from .figures import examples_figure
 
     source = _source(params)
     figures.save(examples_figure(first, source), out / "examples.png")

@@ -19,10 +19,7 @@ import numpy as np
 import pandas as pd
 
 from ..metrics.intervals import N_BOOT, auc_with_interval, percentile_interval, rate_with_interval
-from .changes import CHANGES
-
-PATIENT = "same_patient"
-NOVEL = "novel"
+from .changes import CHANGES, NOVEL, PATIENT
 
 
 def _groups(rows: pd.DataFrame) -> np.ndarray:

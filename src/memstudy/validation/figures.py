@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_curve
 
-from ..validation.planted import CHANGES, KINDS, NOVEL, PATIENT, BenchmarkSets
-from .figures import _plt, stamp
+from ..viz.figures import _plt, stamp
+from .changes import CHANGES, KINDS, NOVEL, PATIENT
+
+if TYPE_CHECKING:  # only for the annotation; planted.py imports this module when it draws
+    from .planted import BenchmarkSets
 
 
 def roc_figure(per_sample: pd.DataFrame, table: pd.DataFrame, source: str):
