@@ -6,7 +6,7 @@ Run on a finished diffusion cell (its last checkpoint is reloaded, nothing is re
 
 For DDIM steps 10 / 25 / 50 / 100 it draws the checkpoint's synthetic set again (same noise
 seed) and prints the CPU seconds and every detector's copy and memorized rates; then, from one
-set of 256 samples, the rates and a 95 % Wilson interval of the copy rate for the first 32 / 64
+set of 256 samples, the rates and a 95 % exact binomial interval of the copy rate (the study's one interval for a proportion) for the first 32 / 64
 / 128 / 256 samples. The book's CPU-regime chapter quotes its output for the quick preset.
 """
 
@@ -17,26 +17,18 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from ..config import RunConfig
 from ..data.sets import load_sets
 from ..detect.factory import make_detector
+from ..metrics.intervals import binomial_interval
 from ..metrics.scoring import score
 from ..models.stage1 import fit_autoencoder
 from ..models.train import DiffusionTraining, PixelSpace
 
 DDIM_STEPS = (10, 25, 50, 100)
 NUM_GEN = (32, 64, 128, 256)
-
-
-def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95 % Wilson score interval of a proportion k / n (sound at 0 and n, unlike k/n +- 2 se)."""
-    p, d = k / n, 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / d
-    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
-    return centre - half, centre + half
 
 
 def load_trainer(run_dir: Path) -> tuple[RunConfig, DiffusionTraining]:
@@ -85,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         parts = []
         for d in detectors:
             r = score(d, train, holdout, gen[:n], cfg.tau_percentile).result
-            lo, hi = wilson(round(r.copy_rate * n), n)
+            lo, hi = binomial_interval(round(r.copy_rate * n), n)
             parts.append(f"{d.name} copy {r.copy_rate:.0%} [{lo:.0%}, {hi:.0%}] mem {r.mem_rate:.0%}")
         print(f"num_gen {n:3d}: " + " | ".join(parts))
     return 0
