@@ -6,7 +6,8 @@ import time
 import numpy as np
 import pytest
 
-from memstudy.data.cohort import Cohort, make_cohort, make_volume, slice_positions, write_nifti
+from memstudy.data.cohort import Cohort, make_cohort, make_volume, slice_positions
+from memstudy.data.nifti import write_nifti
 
 from memstudy.data.splits import read_split, split_patients, write_split
 

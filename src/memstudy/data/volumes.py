@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from ..config import RunConfig
-from .cohort import Cohort, _draw_patient, make_volume, write_nifti
+from .cohort import Cohort, _draw_patient, make_volume
+from .nifti import write_nifti
 from .sets import Sets, cell_patients, patient_split
 
 WHOLE_VOLUME = -1  # slice_index of a row that is a whole volume
