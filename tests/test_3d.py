@@ -8,6 +8,7 @@ import nibabel as nib
 import numpy as np
 import papermill as pm
 import pytest
+from conftest import kill_after_first_checkpoint_then_resume
 import torch
 from monai.networks.layers import AffineTransform
 
@@ -111,18 +112,7 @@ def test_a_3d_cell_fills_its_run_folder(complete_3d):
 
 def test_a_killed_3d_cell_resumes_to_identical_results(complete_3d, tmp_path, monkeypatch):
     run_dir, metrics = complete_3d
-    real = cell.evaluate_checkpoint
-
-    def killed_after_first(cfg, step, *args, **kwargs):
-        real(cfg, step, *args, **kwargs)
-        raise KeyboardInterrupt("simulated kill")
-
-    monkeypatch.setattr(cell, "evaluate_checkpoint", killed_after_first)
-    with pytest.raises(KeyboardInterrupt):
-        cell.run_cell(CFG, tmp_path, progress=False)
-    assert not cell.is_complete(tmp_path)
-    monkeypatch.setattr(cell, "evaluate_checkpoint", real)
-    resumed = cell.run_cell(CFG, tmp_path, progress=False)
+    resumed = kill_after_first_checkpoint_then_resume(CFG, tmp_path, monkeypatch)
     assert resumed["rows"] == metrics["rows"]
     np.testing.assert_array_equal(np.load(run_dir / "samples/step_000006.npz")["images"],
                                   np.load(tmp_path / "samples/step_000006.npz")["images"])

@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+from conftest import kill_after_first_checkpoint_then_resume
 import torch
 
 import memstudy.pipeline.cell as cell
@@ -50,18 +51,7 @@ def test_a_folder_with_another_config_is_refused(complete_run):
 
 def test_a_crash_after_a_checkpoint_resumes_to_identical_results(complete_run, tmp_path, monkeypatch):
     run_dir, metrics = complete_run
-    real = cell.evaluate_checkpoint
-
-    def crash_after_first(cfg, step, *args, **kwargs):
-        real(cfg, step, *args, **kwargs)
-        raise KeyboardInterrupt("simulated kill")
-
-    monkeypatch.setattr(cell, "evaluate_checkpoint", crash_after_first)
-    with pytest.raises(KeyboardInterrupt):
-        cell.run_cell(CFG, tmp_path, progress=False)
-    assert not cell.is_complete(tmp_path)  # never looks complete
-    monkeypatch.setattr(cell, "evaluate_checkpoint", real)
-    resumed = cell.run_cell(CFG, tmp_path, progress=False)
+    resumed = kill_after_first_checkpoint_then_resume(CFG, tmp_path, monkeypatch)
     assert resumed["rows"] == metrics["rows"]
     for step in (10, 20):
         a = np.load(run_dir / f"samples/step_{step:06d}.npz")["images"]
