@@ -18,6 +18,7 @@ examples:
   memstudy grid list                  the packaged grids and their sizes (instant)
   memstudy grid run smoke             3 CPU cells of a few seconds each
   memstudy report                     tables of every grid run so far (seconds)
+  memstudy publish results/reference  the grid's small files into reference/ (seconds)
   memstudy cell                       one smoke cell, no notebook (seconds)
   memstudy bench --smoke              the speed benchmark at toy sizes (about 1 min)
   memstudy course build               the course's student notebooks and solutions (seconds)
@@ -64,6 +65,39 @@ examples:
 
 writes report.parquet and report.csv into each grid folder (one row per cell, checkpoint
 step and detector) and prints a summary. cost: seconds.
+
+rebuild check (--check):
+  memstudy report --check reference/reference
+      reruns the cheapest complete cell (smallest profile_s total; a generative one if
+      any: controls train no model) from its committed
+      config.json into a temporary folder, prints committed | fresh | difference of mem_rate,
+      copy_rate, excess_copy_rate, mia_auc and tau per checkpoint and detector, writes
+      <cell>.check.json beside the rerun; exit 0 within tolerance, 1 outside it.
+  memstudy report --check reference/reference --cell CELL_ID --atol 0.05
+tolerance: rates, AUCs, TPRs, tau and the fp floor within --atol (default 0.02); counts
+within atol x the row's set size; set sizes exactly; FD/MMD/MS-SSIM shown, not judged. Same
+seed, torch and thread count on a CPU repeat the numbers; another CPU, BLAS or thread count
+changes float summation order, which training amplifies into different samples. A rate over
+N samples moves in steps of 1/N: 0.02 allows one flip in 64, none in 16.
+cost: one cell (the reference preset's cheapest: minutes on one core). The shared stage-1
+autoencoder is a cache ($MEMSTUDY_CACHE, default <results>/_cache): a fresh clone trains it
+first (ae_steps; the output says how long it took).
+"""
+
+PUBLISH_EPILOG = """\
+examples:
+  memstudy publish results/reference --to reference --validation results/validation_64px
+      copies the allow-listed small files of the grid and the benchmark into reference/
+  memstudy publish results/quick --to /tmp/pub --allow-incomplete
+
+publishes: grid.json, report.parquet/.csv (rebuilt from the copied cells), provenance.json;
+per complete cell config/metrics/env.json, stats.jsonl, eval/*.json and eval/*.npz, and only
+the figures the book shows (first complete cell; each model family's first cell); from each
+validation folder *.csv, *.parquet, benchmark.json, *.png. Never checkpoints, *.pt, samples/,
+notebooks, split.json, data.json. Refuses grids with unfinished cells (unless
+--allow-incomplete) and any grid on real data: a published book must never hold patient
+pixels, patient ids or per-patient scores. Atomic: a failed publish leaves the old folder.
+Other folders already in --to are kept. cost: seconds.
 """
 
 CELL_EPILOG = """\
@@ -122,7 +156,34 @@ def build_parser() -> argparse.ArgumentParser:
         "one table, from config.json and metrics.json only.")
     report.add_argument("grids", nargs="*", type=Path, metavar="RESULTS_DIR/PRESET",
                         help="grid folders (default: every grid under the results root)")
+    report.add_argument("--check", action="store_true",
+                        help="rebuild check: rerun one cell of the (one) grid folder and compare "
+                        "its metrics with the committed ones (see below); exit 1 outside tolerance")
+    report.add_argument("--cell", metavar="CELL_ID",
+                        help="with --check: the cell to rerun (default: the cheapest complete one)")
+    report.add_argument("--atol", type=float, default=0.02,
+                        help="with --check: absolute tolerance of rates, AUCs and tau (default "
+                        "0.02: one sample in 64; see below)")
+    report.add_argument("--work-dir", type=Path, metavar="DIR",
+                        help="with --check: where the rerun goes (default: a new temporary folder)")
     report.set_defaults(func=_report)
+
+    publish = commands.add_parser(
+        "publish", help="copy a grid's small result files into a committed results root",
+        epilog=PUBLISH_EPILOG, formatter_class=_Raw,
+        description="Publish a grid (and detector benchmarks) as small files the repository "
+        "holds and the book builds from, with provenance.json and a README.")
+    publish.add_argument("grid", type=Path, metavar="GRID_DIR", help="e.g. results/reference")
+    publish.add_argument("--to", type=Path, default=Path("reference"), metavar="DIR",
+                         help="the published results root (default: reference)")
+    publish.add_argument("--validation", nargs="+", type=Path, default=[], metavar="DIR",
+                         help="`memstudy validate` results folders to publish beside the grid")
+    publish.add_argument("--allow-incomplete", action="store_true",
+                         help="publish the complete cells of a grid that has unfinished ones")
+    publish.add_argument("--grid-command", metavar="TEXT",
+                         help="the command that ran the grid, for provenance.json (default: "
+                         "`memstudy grid run <preset>`, marked as reconstructed)")
+    publish.set_defaults(func=_publish)
 
     cell = commands.add_parser(
         "cell", help="run one cell directly (no notebook)", epilog=CELL_EPILOG,
@@ -293,6 +354,12 @@ def _report(args: argparse.Namespace) -> int:
     from .analysis.report import load_plan, summary_text, write_report
     from .runio import results_root
 
+    if args.check:
+        return _report_check(args)
+    if args.cell or args.work_dir:
+        raise ConfigError("--cell and --work-dir go with --check, e.g. "
+                          "`memstudy report --check reference/reference --cell CELL_ID`.")
+
     grids = args.grids or sorted(p.parent for p in results_root().glob("*/grid.json"))
     if not grids:
         raise ConfigError(f"no grid results under {results_root()}: run `memstudy grid run "
@@ -303,6 +370,31 @@ def _report(args: argparse.Namespace) -> int:
         df = write_report(folder)
         print(f"{folder}: report.parquet, report.csv ({len(df)} rows)")
         print(summary_text(df, load_plan(folder)))
+    return 0
+
+
+def _report_check(args: argparse.Namespace) -> int:
+    from .analysis.rebuild import check_cell
+
+    if len(args.grids) != 1 or not args.grids[0].is_dir():
+        raise ConfigError("--check takes one grid folder, e.g. `memstudy report --check "
+                          "reference/reference`.")
+    result = check_cell(args.grids[0], cell=args.cell, atol=args.atol, work_dir=args.work_dir)
+    print(result.format())
+    return 0 if result.ok else 1
+
+
+def _publish(args: argparse.Namespace) -> int:
+    from .analysis.publish import SIZE_LIMIT_MB, publish
+
+    command = " ".join(["memstudy", "publish", *sys.argv[2:]]) if sys.argv[1:2] == ["publish"] else None
+    done = publish(args.grid, to=args.to, validation=tuple(args.validation),
+                   allow_incomplete=args.allow_incomplete, grid_command=args.grid_command,
+                   command=command)
+    print(done.format())
+    if done.size_bytes > SIZE_LIMIT_MB * 1e6:
+        print(f"memstudy: warning: {done.root} is over {SIZE_LIMIT_MB:.0f} MB; "
+              "tests/test_publish.py will fail on it.", file=sys.stderr)
     return 0
 
 
