@@ -4,6 +4,7 @@ figure a page makes is on the page, and a rebuild shows the results that are on 
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -167,6 +168,7 @@ def jupyter_book(out: Path, env: dict) -> subprocess.CompletedProcess:
 def test_book_builds_from_result_files(tmp_path):
     from memstudy.analysis.report import write_report
     from memstudy.pipeline.runner import run_grid
+    from memstudy.runio import read_json, write_json_atomic
     from memstudy.validation.planted import run_benchmark
 
     results = tmp_path / "results"
@@ -176,12 +178,31 @@ def test_book_builds_from_result_files(tmp_path):
     run_benchmark(n_train=16, n_holdout=16, n_per_change=4, n_novel=16, encoder_steps=10,
                   detectors=("contrastive", "pixel", "nn_ratio", "ssim"),
                   out_dir=results / "validation", progress=False)
-    env = {**os.environ, "MEMSTUDY_RESULTS": str(results), "MEMSTUDY_BOOK_PRESET": "tiny"}
+    # Reference mode, as a reader with the published results and a run of their own sees the
+    # book: the tiny grid plays the reference (with the provenance `memstudy publish` writes),
+    # a copy of it under another preset name plays "your run".
+    write_json_atomic(results / "tiny" / "provenance.json", {
+        "preset": "tiny", "cells": {"complete": 7, "failed": 0}, "git_sha": "0123456789abcdef",
+        "packages": {"torch": "TORCHVER", "monai": "MONAIVER"}, "wall_s": 120.0,
+        "date": "2026-11-25", "machine": {"cpu": "TestCPU", "cores": 2, "ram_gb": 8}})
+    yours = tmp_path / "yours" / "tiny-yours"
+    shutil.copytree(results / "tiny", yours)
+    write_json_atomic(yours / "grid.json", {**read_json(yours / "grid.json"), "name": "tiny-yours"})
+    env = {k: v for k, v in os.environ.items() if k not in ("MEMSTUDY_RESULTS", "MEMSTUDY_BOOK_PRESET")}
+    env |= {"MEMSTUDY_REFERENCE": str(results / "tiny"), "MEMSTUDY_YOUR_RUN": str(yours)}
     out = jupyter_book(tmp_path / "book", env)
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
     html = tmp_path / "book" / "_build" / "html"
     page = (html / "book" / "results_cell.html").read_text()
     assert "tiny/aug-none_size-XS_n-8_model-ldm_seed-0" in page  # names the run it shows
+    intro = BeautifulSoup((html / "book" / "intro.html").read_text(), "html.parser").get_text(" ")
+    for said in ("Results shown: the reference run", "TestCPU", "01234567", "TORCHVER",
+                 "MONAIVER", "Your run", str(yours), "Where memstudy agrees with the papers"):
+        assert said in intro, said  # the intro names both sources and the reference's provenance
+    said = re.findall(r"\(((?:Dar|Akbar) et al\.[^)]*)\):\s+memstudy\s+(agrees|disagrees|cannot tell)", intro)
+    assert len(said) >= 6, said  # every published claim gets an answer (the tiny grid's: cannot tell)
+    grid = BeautifulSoup((html / "book" / "results_grid.html").read_text(), "html.parser").get_text(" ")
+    assert "another preset" in grid and "directions compare, rates do not" in grid
     pages = toc_pages()
     assert {f"book/{name}" for name in ("intro", "cohort", "methods", "results_grid", "families",
                                         "detectors", "comparison", "cpu_regime", "rerun")} <= set(pages)
@@ -196,9 +217,9 @@ def test_book_builds_from_result_files(tmp_path):
                               capture_output=True, text=True, timeout=600)
         assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
 
+    env |= {"MEMSTUDY_RESULTS": str(results), "MEMSTUDY_BOOK_PRESET": "mine"}  # explicit mode
     memstudy("cell", "--no-progress", "--run-dir", "results/mine/smoke1", "--param", "device=cpu",
              *[f"--param={k}={v}" for k, v in TINY_CELL.items()])
-    env["MEMSTUDY_BOOK_PRESET"] = "mine"
     stale = jupyter_book(tmp_path / "book", env)  # forgot `memstudy report`: refused, loudly
     assert stale.returncode != 0
     assert "memstudy report" in stale.stdout + stale.stderr
@@ -209,3 +230,51 @@ def test_book_builds_from_result_files(tmp_path):
     assert "mine/smoke1" in page and "tiny/aug-none" not in page
     for name in ("results_grid", "cpu_regime", "comparison"):  # every page re-executed
         assert "smoke1" in (html / "book" / f"{name}.html").read_text(), name
+
+
+def test_reference_mode_picks_the_published_grid_and_refuses_a_stale_run_of_yours(tmp_path, monkeypatch):
+    """Source selection: explicit variables win; else the reference grid with its provenance;
+    your run beside it only with a current report, and a stale one stops the build."""
+    from types import SimpleNamespace
+
+    from sphinx.errors import ExtensionError
+
+    from memstudy.analysis import book
+    from memstudy.analysis.report import write_report
+    from memstudy.config import RunConfig
+    from memstudy.runio import write_json_atomic
+
+    for var in ("MEMSTUDY_RESULTS", "MEMSTUDY_BOOK_PRESET", "MEMSTUDY_YOUR_RUN"):
+        monkeypatch.delenv(var, raising=False)
+    (tmp_path / "_config.yml").write_text("title: t\n")
+    monkeypatch.chdir(tmp_path)
+    ref = tmp_path / "reference" / "reference"
+    monkeypatch.setenv("MEMSTUDY_REFERENCE", str(ref))
+    assert not book.reference_mode() and book.preset_dir() == tmp_path / "results" / "quick"
+    _fake_cell(ref / "a", RunConfig(train_steps=20), 0.5)
+    write_report(ref)
+    write_json_atomic(ref / "provenance.json", {
+        "preset": "reference", "cells": {"complete": 1, "failed": 0}, "git_sha": "abcdef0123456789",
+        "packages": {"torch": "9.9", "monai": "8.8"}, "wall_s": 600.0, "date": "2026-11-25T10:00",
+        "machine": {"cpu": "TestCPU", "cores": 2, "ram_gb": 8}})
+    assert book.reference_mode() and book.preset() == "reference"
+    assert book.preset_dir() == ref and book.results_dir() == ref.parent
+    note = book.source_note()
+    for part in ("reference run", "2026-11-25", "TestCPU", "abcdef01", "10 min", "torch 9.9",
+                 "monai 8.8", "No run of yours"):
+        assert part in note, (part, note)
+    app = SimpleNamespace(srcdir=str(tmp_path))
+    book._check_results(app)  # no run of yours: fine
+
+    mine = tmp_path / "results" / "quick"
+    _fake_cell(mine / "b", RunConfig(train_steps=20), 0.25)  # a run of yours, report forgotten
+    assert book.your_run() is None
+    with pytest.raises(ExtensionError, match=f"memstudy report {mine}"):
+        book._check_results(app)
+    write_report(mine)
+    assert book.your_run() == mine
+    assert "**Your run** (`results/quick`, 1 complete cell)" in book.source_note()
+    book._check_results(app)
+
+    monkeypatch.setenv("MEMSTUDY_BOOK_PRESET", "quick")  # explicit: exactly as before
+    assert not book.reference_mode() and book.preset_dir() == mine and book.your_run() is None

@@ -1,14 +1,24 @@
 """Small helpers for the book's pages, so each page stays a few readable lines.
 
-The book shows one preset's results, read from files: ``$MEMSTUDY_RESULTS/<preset>/``, with
-the preset from ``$MEMSTUDY_BOOK_PRESET`` (default ``quick``, what the README's main command
-runs). Nothing here trains or samples.
+**Which results the book shows** (:func:`preset_dir`), in this order:
+
+1. *explicit*: when ``$MEMSTUDY_RESULTS`` or ``$MEMSTUDY_BOOK_PRESET`` is set, exactly
+   ``$MEMSTUDY_RESULTS/$MEMSTUDY_BOOK_PRESET`` (defaults ``results`` and ``quick``);
+2. *reference*: else, when the published reference grid exists (``$MEMSTUDY_REFERENCE``,
+   default ``<book root>/reference/reference``, with its ``report.parquet``), that grid; the
+   results root is then its parent, which also holds the published detector benchmark;
+3. else ``results/quick``, what the README's main command runs.
+
+In reference mode the reader's own grid (:func:`your_run`: ``$MEMSTUDY_YOUR_RUN``, else
+``results/reference``, else ``results/quick``) is shown beside the reference when it has
+complete cells, and every results page opens with :func:`source_note`, which names both.
+Nothing here trains or samples.
 
 This module is also a Sphinx extension (``_config.yml``: ``extra_extensions``). Sphinx
 re-executes only the pages whose *source* changed, so without it a rebuild after new runs, or
 with another preset, would silently keep the old numbers. The extension re-reads every page on
-every build and stops the build, with the command that fixes it, when the preset's results are
-missing or its ``report.parquet`` no longer matches the run folders.
+every build and stops the build, with the command that fixes it, when the results shown (or the
+reader's run beside them) are missing or a ``report.parquet`` no longer matches its run folders.
 """
 
 from __future__ import annotations
@@ -22,10 +32,10 @@ from typing import Any
 from ..runio import RESULTS_ENV, read_json
 
 PRESET_ENV = "MEMSTUDY_BOOK_PRESET"
-
-
-def preset() -> str:
-    return os.environ.get(PRESET_ENV, "quick")
+REFERENCE_ENV = "MEMSTUDY_REFERENCE"  # the published reference grid (a folder of run folders)
+YOUR_RUN_ENV = "MEMSTUDY_YOUR_RUN"  # the reader's own grid, shown beside the reference
+REFERENCE_DIR = Path("reference") / "reference"  # where `memstudy publish` puts it, in the repo
+YOUR_RUN_DIRS = (Path("results") / "reference", Path("results") / "quick")  # first with cells
 
 
 def book_root() -> Path:
@@ -38,14 +48,127 @@ def book_root() -> Path:
     return here
 
 
-def results_dir(root: Path | None = None) -> Path:
-    """``$MEMSTUDY_RESULTS`` (absolute, or relative to the book's root), default ``results``."""
-    path = Path(os.environ.get(RESULTS_ENV, "results"))
+def _from_root(path: str | Path, root: Path | None) -> Path:
+    path = Path(path)
     return path if path.is_absolute() else (root or book_root()) / path
 
 
+def explicit() -> bool:
+    """Did the reader name the results (``$MEMSTUDY_RESULTS`` / ``$MEMSTUDY_BOOK_PRESET``)?"""
+    return RESULTS_ENV in os.environ or PRESET_ENV in os.environ
+
+
+def reference_dir(root: Path | None = None) -> Path:
+    return _from_root(os.environ.get(REFERENCE_ENV, REFERENCE_DIR), root)
+
+
+def reference_mode(root: Path | None = None) -> bool:
+    """True when the book shows the published reference grid (see the module's docstring)."""
+    return not explicit() and (reference_dir(root) / "report.parquet").exists()
+
+
+def preset() -> str:
+    """The name of the results shown: the reference's preset (from its provenance, else its
+    plan), else ``$MEMSTUDY_BOOK_PRESET`` (default ``quick``)."""
+    if reference_mode():
+        ref = reference_dir()
+        name = provenance().get("preset")
+        if not name and (ref / "grid.json").exists():
+            name = read_json(ref / "grid.json").get("name")
+        return str(name or ref.name)
+    return os.environ.get(PRESET_ENV, "quick")
+
+
+def results_dir(root: Path | None = None) -> Path:
+    """The results root: the reference grid's parent in reference mode (it holds the
+    published ``validation_64px/`` too), else ``$MEMSTUDY_RESULTS`` (absolute, or relative to
+    the book's root), default ``results``."""
+    if reference_mode(root):
+        return reference_dir(root).parent
+    return _from_root(os.environ.get(RESULTS_ENV, "results"), root)
+
+
 def preset_dir(root: Path | None = None) -> Path:
+    if reference_mode(root):
+        return reference_dir(root)
     return results_dir(root) / preset()
+
+
+def provenance(root: Path | None = None) -> dict[str, Any]:
+    """The reference grid's ``provenance.json`` (written by ``memstudy publish``), or {}.
+    Read with ``.get`` throughout: its fields may grow."""
+    path = reference_dir(root) / "provenance.json"
+    return read_json(path) if path.exists() else {}
+
+
+def _has_cells(folder: Path) -> bool:
+    return folder.is_dir() and any((p / "metrics.json").exists() for p in folder.iterdir() if p.is_dir())
+
+
+def your_run_candidate(root: Path | None = None) -> Path | None:
+    """The reader's own grid folder, whatever the state of its report: ``$MEMSTUDY_YOUR_RUN``
+    if set, else the first of ``results/reference`` and ``results/quick`` with a complete
+    cell. Only in reference mode (otherwise the reader's run is what the book shows)."""
+    if not reference_mode(root):
+        return None
+    if YOUR_RUN_ENV in os.environ:
+        return _from_root(os.environ[YOUR_RUN_ENV], root)
+    return next((f for f in (_from_root(d, root) for d in YOUR_RUN_DIRS) if _has_cells(f)), None)
+
+
+def your_run(root: Path | None = None) -> Path | None:
+    """The reader's grid to show beside the reference: :func:`your_run_candidate` when it has
+    complete cells and a current report, else None (the Sphinx check refuses a stale one)."""
+    folder = your_run_candidate(root)
+    if folder is None or folder.resolve() == reference_dir(root).resolve():
+        return None
+    return folder if _has_cells(folder) and report_problem(folder) is None else None
+
+
+def shown_path(folder: Path) -> str:
+    """A folder as a reader would type it: relative to the book's root when inside it."""
+    root = book_root()
+    return str(folder.relative_to(root)) if folder.is_relative_to(root) else str(folder)
+
+
+def source_note() -> str:
+    """The paragraph each results page opens with: which results it shows, made where, when
+    and how, and whether the reader's own run is shown beside them (or how to make one)."""
+    here = preset_dir()
+    if not reference_mode():
+        why = ("named by `$MEMSTUDY_RESULTS` / `$MEMSTUDY_BOOK_PRESET`" if explicit() else
+               "the reference results are not in this checkout")
+        return (f"**Results shown: `{shown_path(here)}`** (preset `{preset()}`, {why}). Every number "
+                "and figure on this page is computed from that folder when the book is built.")
+    prov = provenance()
+    machine = prov.get("machine") or {}
+    cells = prov.get("cells") or {}
+    sha = prov.get("git_sha") or prov.get("git_shas") or ""
+    sha = ", ".join(str(s)[:8] for s in sha) if isinstance(sha, list) else str(sha)[:8]
+    packages = prov.get("packages") or {}
+    made = [f"made {str(prov['date'])[:10]}" if prov.get("date") else "",
+            f"on {machine.get('cpu', '?')} ({machine.get('cores', '?')} cores, "
+            f"{machine.get('ram_gb', '?')} GB)" if machine else "",
+            f"with memstudy {sha}" if sha else "",
+            f"in {prov['wall_s'] / 60:,.0f} min of wall time" if prov.get("wall_s") else ""]
+    made = " ".join(m for m in made if m)
+    pk = ", ".join(f"{k} {packages[k]}" for k in ("torch", "monai") if k in packages)
+    complete = cells.get("complete", len(complete_cells(here)))
+    failed = f", {cells['failed']} failed" if cells.get("failed") else ""
+    text = (f"**Results shown: the reference run** (`{shown_path(here)}`, preset `{preset()}`, "
+            f"{complete} complete cells{failed}){', ' + made if made else ''}"
+            f"{f'; {pk}' if pk else ''}. ")
+    mine = your_run()
+    if mine is not None:
+        n = len(complete_cells(mine))
+        text += (f"**Your run** (`{shown_path(mine)}`, {n} complete cell{'s' * (n != 1)}) is shown "
+                 "beside it where a page compares the two; everything else on the page is the "
+                 "reference's.")
+    else:
+        text += ("No run of yours is shown beside it: run `memstudy grid run quick` (or "
+                 "`memstudy cell`, then `memstudy report`) and rebuild, and the grid chapter "
+                 f"puts your replicates beside these (or set `{YOUR_RUN_ENV}`).")
+    return text
 
 
 def complete_cells(root: Path | None = None) -> list[Path]:
@@ -215,11 +338,12 @@ def _plain(value):
     return ",".join(map(str, value)) if isinstance(value, tuple) else value
 
 
-def cells_named(df, cells) -> str:
-    """Caption text naming the preset and the cells a table or figure was made from."""
+def cells_named(df, cells, source: str | None = None) -> str:
+    """Caption text naming the preset (or ``source``, e.g. the reader's run) and the cells a
+    table or figure was made from."""
     cells = sorted(set(cells))
     shown = ", ".join(f"`{c}`" for c in cells[:4]) + (f" and {len(cells) - 4} more" if len(cells) > 4 else "")
-    return f"preset `{preset()}`, cells {shown}"
+    return f"{source or f'preset `{preset()}`'}, cells {shown}"
 
 
 # ------------------------------------------------------------------------------------------
@@ -230,12 +354,20 @@ def _check_results(app) -> None:
     from sphinx.errors import ExtensionError
     from sphinx.util import logging
 
-    root = preset_dir(Path(app.srcdir))
+    srcdir = Path(app.srcdir)
+    root = preset_dir(srcdir)
     problem = report_problem(root)
     if problem:
         raise ExtensionError(f"memstudy: the book cannot show preset {preset()!r}: {problem}")
+    mine = your_run_candidate(srcdir)
+    if mine is not None and (_has_cells(mine) or YOUR_RUN_ENV in os.environ):
+        problem = report_problem(mine)  # a run of yours exists: never show it stale, or drop it
+        if problem:
+            raise ExtensionError(f"memstudy: your run {mine} cannot be shown beside the reference: "
+                                 f"{problem}")
     logging.getLogger(__name__).info(
-        f"memstudy: every page re-executes against {root} (preset {preset()!r})")
+        f"memstudy: every page re-executes against {root} (preset {preset()!r})"
+        + (f", with your run {mine} beside it" if mine is not None else ""))
 
 
 def _every_page(app, env, added, changed, removed) -> list[str]:
