@@ -166,6 +166,8 @@ def jupyter_book(out: Path, env: dict) -> subprocess.CompletedProcess:
 
 @pytest.mark.slow
 def test_book_builds_from_result_files(tmp_path):
+    from memstudy.analysis.book import provenance_facts
+    from memstudy.analysis.publish import grid_provenance
     from memstudy.analysis.report import write_report
     from memstudy.pipeline.runner import run_grid
     from memstudy.runio import read_json, write_json_atomic
@@ -181,10 +183,10 @@ def test_book_builds_from_result_files(tmp_path):
     # Reference mode, as a reader with the published results and a run of their own sees the
     # book: the tiny grid plays the reference (with the provenance `memstudy publish` writes),
     # a copy of it under another preset name plays "your run".
-    write_json_atomic(results / "tiny" / "provenance.json", {
-        "preset": "tiny", "cells": {"complete": 7, "failed": 0}, "git_sha": "0123456789abcdef",
-        "packages": {"torch": "TORCHVER", "monai": "MONAIVER"}, "wall_s": 120.0,
-        "date": "2026-11-25", "machine": {"cpu": "TestCPU", "cores": 2, "ram_gb": 8}})
+    prov = grid_provenance(results / "tiny", {c["id"]: "complete" for c in
+                                              read_json(results / "tiny" / "grid.json")["cells"]})
+    write_json_atomic(results / "tiny" / "provenance.json", prov)
+    facts = provenance_facts(prov)
     yours = tmp_path / "yours" / "tiny-yours"
     shutil.copytree(results / "tiny", yours)
     write_json_atomic(yours / "grid.json", {**read_json(yours / "grid.json"), "name": "tiny-yours"})
@@ -196,8 +198,9 @@ def test_book_builds_from_result_files(tmp_path):
     page = (html / "book" / "results_cell.html").read_text()
     assert "tiny/aug-none_size-XS_n-8_model-ldm_seed-0" in page  # names the run it shows
     intro = BeautifulSoup((html / "book" / "intro.html").read_text(), "html.parser").get_text(" ")
-    for said in ("Results shown: the reference run", "TestCPU", "01234567", "TORCHVER",
-                 "MONAIVER", "Your run", str(yours), "Where memstudy agrees with the papers"):
+    for said in ("Results shown: the reference run", "Your run", str(yours),
+                 "Where memstudy agrees with the papers", *(f for f in (
+                     facts["machine"], facts["sha"], facts["packages"]) if f)):
         assert said in intro, said  # the intro names both sources and the reference's provenance
     said = re.findall(r"\(((?:Dar|Akbar) et al\.[^)]*)\):\s+memstudy\s+(agrees|disagrees|cannot tell)", intro)
     assert len(said) >= 6, said  # every published claim gets an answer (the tiny grid's: cannot tell)
@@ -258,9 +261,19 @@ def test_reference_mode_picks_the_published_grid_and_refuses_a_stale_run_of_your
         "packages": {"torch": "9.9", "monai": "8.8"}, "wall_s": 600.0, "date": "2026-11-25T10:00",
         "machine": {"cpu": "TestCPU", "cores": 2, "ram_gb": 8}})
     assert book.reference_mode() and book.preset() == "reference"
+    # as `memstudy publish` writes it (analysis/publish.py: grid_provenance)
+    published = book.provenance_facts({
+        "preset": "reference", "cells": {"planned": 3, "complete": 2, "failed": 1},
+        "git": {"sha_cells": {"fedcba9876543210": 2}}, "machine": {"cpu_model": "PubCPU",
+        "logical_cores": 16, "ram_gb": 64.0}, "timing": {"grid_end_utc": "2026-11-26T01:02:03+00:00",
+        "grid_wall_s": 5400.0}, "packages": {"variants": [[{"torch": "2.1", "monai": "1.3"}, 2]]}})
+    assert published == {"date": "2026-11-26", "machine": "PubCPU (16 cores, 64.0 GB RAM)",
+                         "sha": "fedcba98", "wall_s": 5400.0, "packages": "torch 2.1, monai 1.3",
+                         "complete": 2, "failed": 1}
+    assert book.provenance_facts({})["machine"] is None  # nothing recorded: nothing claimed
     assert book.preset_dir() == ref and book.results_dir() == ref.parent
     note = book.source_note()
-    for part in ("reference run", "2026-11-25", "TestCPU", "abcdef01", "10 min", "torch 9.9",
+    for part in ("reference run", "2026-11-25", "TestCPU (2 cores, 8 GB RAM)", "abcdef01", "10 min", "torch 9.9",
                  "monai 8.8", "No run of yours"):
         assert part in note, (part, note)
     app = SimpleNamespace(srcdir=str(tmp_path))

@@ -101,6 +101,31 @@ def provenance(root: Path | None = None) -> dict[str, Any]:
     return read_json(path) if path.exists() else {}
 
 
+def provenance_facts(prov: dict[str, Any]) -> dict[str, Any]:
+    """What the source note says about the reference, from either layout of ``provenance.json``
+    (flat: ``date, git_sha, wall_s, machine.cpu/cores``; or as ``memstudy publish`` writes it:
+    ``timing.grid_end_utc/grid_wall_s, git.sha_cells, machine.cpu_model/logical_cores``).
+    Absent fields are None, never an error."""
+    timing, machine = prov.get("timing") or {}, prov.get("machine") or {}
+    shas = prov.get("git_sha") or prov.get("git_shas") or list((prov.get("git") or {}).get("sha_cells") or {})
+    shas = [shas] if isinstance(shas, str) else [s for s in shas if s]
+    cpu = machine.get("cpu") or machine.get("cpu_model")
+    cores = machine.get("cores") or machine.get("logical_cores")
+    ram = machine.get("ram_gb")
+    packages = prov.get("packages") or {}
+    if "variants" in packages:  # the cells ran with different versions: name the commonest
+        packages = packages["variants"][0][0] if packages["variants"] else {}
+    cells = prov.get("cells") or {}
+    date = prov.get("date") or timing.get("grid_end_utc") or prov.get("date_utc")
+    size = ", ".join(x for x in (f"{cores} cores" if cores else "", f"{ram} GB RAM" if ram else "") if x)
+    return {"date": str(date)[:10] if date else None,
+            "machine": f"{cpu or 'an unnamed CPU'}{f' ({size})' if size else ''}" if cpu or size else None,
+            "sha": ", ".join(str(s)[:8] for s in shas) or None,
+            "wall_s": prov.get("wall_s") or timing.get("grid_wall_s"),
+            "packages": ", ".join(f"{k} {packages[k]}" for k in ("torch", "monai") if k in packages) or None,
+            "complete": cells.get("complete"), "failed": cells.get("failed")}
+
+
 def _has_cells(folder: Path) -> bool:
     return folder.is_dir() and any((p / "metrics.json").exists() for p in folder.iterdir() if p.is_dir())
 
@@ -140,24 +165,17 @@ def source_note() -> str:
                "the reference results are not in this checkout")
         return (f"**Results shown: `{shown_path(here)}`** (preset `{preset()}`, {why}). Every number "
                 "and figure on this page is computed from that folder when the book is built.")
-    prov = provenance()
-    machine = prov.get("machine") or {}
-    cells = prov.get("cells") or {}
-    sha = prov.get("git_sha") or prov.get("git_shas") or ""
-    sha = ", ".join(str(s)[:8] for s in sha) if isinstance(sha, list) else str(sha)[:8]
-    packages = prov.get("packages") or {}
-    made = [f"made {str(prov['date'])[:10]}" if prov.get("date") else "",
-            f"on {machine.get('cpu', '?')} ({machine.get('cores', '?')} cores, "
-            f"{machine.get('ram_gb', '?')} GB)" if machine else "",
-            f"with memstudy {sha}" if sha else "",
-            f"in {prov['wall_s'] / 60:,.0f} min of wall time" if prov.get("wall_s") else ""]
+    facts = provenance_facts(provenance())
+    made = [f"made {facts['date']}" if facts["date"] else "",
+            f"on {facts['machine']}" if facts["machine"] else "",
+            f"with memstudy {facts['sha']}" if facts["sha"] else "",
+            f"in {facts['wall_s'] / 60:,.0f} min of wall time" if facts["wall_s"] else ""]
     made = " ".join(m for m in made if m)
-    pk = ", ".join(f"{k} {packages[k]}" for k in ("torch", "monai") if k in packages)
-    complete = cells.get("complete", len(complete_cells(here)))
-    failed = f", {cells['failed']} failed" if cells.get("failed") else ""
+    complete = facts["complete"] if facts["complete"] is not None else len(complete_cells(here))
+    failed = f", {facts['failed']} failed" if facts["failed"] else ""
     text = (f"**Results shown: the reference run** (`{shown_path(here)}`, preset `{preset()}`, "
             f"{complete} complete cells{failed}){', ' + made if made else ''}"
-            f"{f'; {pk}' if pk else ''}. ")
+            f"{'; ' + facts['packages'] if facts['packages'] else ''}. ")
     mine = your_run()
     if mine is not None:
         n = len(complete_cells(mine))
