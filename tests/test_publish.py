@@ -64,11 +64,15 @@ def test_publish_copies_only_the_allow_list(grid, tmp_path, capsys):
                  "figures/training_curve.png", "figures/hist_step000020_contrastive.png",
                  "figures/gallery_step000020_pixel.png"):
         assert f"{ldm}/{name}" in files, name
-    # The second family shows only its pixel histogram and gallery (families.md)
+    # Every grid point's first replicate keeps its last-step figures, for every detector
     last = max(r["step"] for r in read_json(out / control / "metrics.json")["rows"])
-    assert {f for f in files if f.startswith(f"{control}/figures/")} == {
-        f"{control}/figures/hist_step{last:06d}_pixel.png",
-        f"{control}/figures/gallery_step{last:06d}_pixel.png"}
+    detectors = read_json(out / control / "config.json")["detectors"]
+    assert {f for f in files if f.startswith(f"{control}/figures/")} >= {
+        f"{control}/figures/{kind}_step{last:06d}_{d}.png" for kind in ("hist", "gallery") for d in detectors}
+    for cell in (ldm, control):  # and no other checkpoint's
+        end = max(r["step"] for r in read_json(out / cell / "metrics.json")["rows"])
+        assert not [f for f in files if f.startswith(f"{cell}/figures/") and "_step" in f
+                    and f"_step{end:06d}_" not in f]
     assert {"README.md", "mini/grid.json", "mini/report.parquet", "mini/report.csv",
             "mini/provenance.json"} <= files
     report = pd.read_parquet(out / "mini" / "report.parquet")

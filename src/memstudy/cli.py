@@ -92,7 +92,7 @@ examples:
 
 publishes: grid.json, report.parquet/.csv (rebuilt from the copied cells), provenance.json;
 per complete cell config/metrics/env.json, stats.jsonl, eval/*.json and eval/*.npz, and only
-the figures the book shows (first complete cell; each model family's first cell); from each
+the figures of each grid point's first complete replicate (what the pages show); from each
 validation folder *.csv, *.parquet, benchmark.json, *.png. Never checkpoints, *.pt, samples/,
 notebooks, split.json, data.json. Refuses grids with unfinished cells (unless
 --allow-incomplete) and any grid on real data: a published book must never hold patient

@@ -120,35 +120,30 @@ class Published:
 
 
 def figure_cells(grid_dir: Path) -> dict[str, list[str]]:
-    """Which cells' figures the book shows, and which: ``{cell: [figure file names]}``.
+    """Which cells' figures are published, and which: ``{cell: [figure file names]}``.
 
-    results_cell.md shows the first complete cell (planned order): histogram and gallery of
-    every detector at its last checkpoint, and its training curve. families.md shows, per
-    model family, the first complete cell of that family's spoke (other axes at base, for a
-    star design): the pixel histogram and gallery at its last checkpoint.
+    The first complete replicate (planned order) of every grid point: histogram and gallery of
+    every detector at its last checkpoint, and its training curve when it has one. The pages
+    pick their cells by rules of their own (results_cell.md: the first complete cell;
+    families.md: each family's first cell at base; three_d.md: the smallest 3D cell's first
+    seed), and every one of those is some grid point's first replicate, so one general rule
+    covers pages written later too, at about a fifth of the size of every cell's figures.
     """
     plan = read_json(grid_dir / "grid.json")
-    complete = [c for c in plan["cells"] if cell_status(grid_dir / c["id"]) == "complete"]
-    chosen: dict[str, set[str]] = {}
-    if not complete:
-        return {}
-    first = complete[0]["id"]
-    cfg = read_json(grid_dir / first / "config.json")
-    chosen[first] = {"training_curve.png",
-                     *(n for d in cfg["detectors"] for n in _last_step_names(grid_dir / first, d))}
-    spec = plan["spec"]
-    families: dict[str, str] = {}
-    for c in complete:
-        levels = c["levels"]
-        if "model" not in levels:
-            break  # one family only: results_cell covers it
-        at_base = spec.get("design") != "star" or all(
-            levels.get(axis) == level for axis, level in spec.get("base", {}).items() if axis != "model")
-        if at_base:
-            families.setdefault(levels["model"], c["id"])
-    for cell in families.values():
-        chosen.setdefault(cell, set()).update(_last_step_names(grid_dir / cell, "pixel"))
-    return {cell: sorted(names) for cell, names in chosen.items()}
+    chosen: dict[str, list[str]] = {}
+    points: set[tuple] = set()
+    for c in plan["cells"]:
+        run_dir = grid_dir / c["id"]
+        point = tuple(sorted((k, str(v)) for k, v in c["levels"].items() if k != "seed"))
+        if point in points or cell_status(run_dir) != "complete":
+            continue
+        points.add(point)
+        detectors = read_json(run_dir / "config.json")["detectors"]
+        names = [n for d in detectors for n in _last_step_names(run_dir, d)]
+        if (run_dir / "figures" / "training_curve.png").exists():
+            names.append("training_curve.png")
+        chosen[c["id"]] = sorted(names)
+    return chosen
 
 
 def _last_step_names(run_dir: Path, detector: str) -> list[str]:
