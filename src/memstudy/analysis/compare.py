@@ -48,6 +48,11 @@ WHY = {
 SAY = {"holds": "agrees", "opposite": "disagrees", "inconclusive": "cannot tell"}
 
 
+def _p(v: float) -> str:
+    """``= 0.011`` or ``< 0.001``: a p-value as a reader should see it (never "= 0.000")."""
+    return "< 0.001" if v < 0.001 else f"= {v:.3f}"
+
+
 def _pct(v: float) -> str:
     return f"{v:+.0%}"
 
@@ -182,7 +187,7 @@ def claim_lines(long: pd.DataFrame, df: pd.DataFrame, plan: dict, detector: str 
         lines.append(f"- **{claim.label}** ({claim.source}): memstudy **{say} — "
                      f"the excess copy rate changes {change_text(r)} along {r.levels} (copy rate "
                      f"{r.rates}, null {r.nulls}; {r.n_replicates} replicates{passes}; "
-                     f"Holm-corrected p = {r.p_holm:.3f}). Why it may differ: {WHY.get(claim.axis, '')}.")
+                     f"Holm-corrected p {_p(r.p_holm)}). Why it may differ: {WHY.get(claim.axis, '')}.")
     lines.append(_families_line(df, plan, detector))
     return lines
 
