@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from ..config import RunConfig
-from .cohort import Cohort, _draw_patient, make_volume
+from .cohort import Cohort, make_volume
+from .phantom import draw_patient
 from .nifti import write_nifti
 from .sets import Sets, cell_patients, patient_split
 
@@ -38,7 +39,7 @@ def patient_volumes(ids: np.ndarray, cfg: RunConfig) -> Cohort:
     ids = np.asarray(ids, dtype=np.int64)
     images = np.stack([make_volume(int(p), cfg.image_size, seed=cfg.data_seed,
                                    lesion_fraction=LESION_FRACTION) for p in ids])[:, None]
-    lesion = np.array([_draw_patient(int(p), cfg.data_seed, LESION_FRACTION).lesion.present
+    lesion = np.array([draw_patient(int(p), cfg.data_seed, LESION_FRACTION).lesion.present
                        for p in ids], dtype=bool)
     return Cohort(images=images.astype(np.float32), patient_id=ids,
                   slice_index=np.full(len(ids), WHOLE_VOLUME, dtype=np.int64), has_lesion=lesion)

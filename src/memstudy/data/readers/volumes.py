@@ -22,7 +22,7 @@ from monai.transforms import Resize, ScaleIntensityRangePercentiles
 
 from ...config import RunConfig
 from ..checks import check_values
-from ..cohort import Z_RANGE
+from ..phantom import Z_RANGE
 from .base import DataError, Slices
 
 MIN_FOREGROUND = 0.15  # share of a slice that must be foreground (Akbar et al.: 15 %)
