@@ -11,7 +11,7 @@ procedure, one Holm family per grid) and never judges a direction a second way:
 - :func:`side_by_side`: when the reader ran another preset (the README's quick run: other image
   size, budgets, replicates), the two grids' primary verdicts per claim. Rates do not compare
   across sizes and budgets; directions do.
-- :func:`claim_lines` and :func:`answer`: the introduction's generated sentences: per published
+- :func:`claim_lines` and :func:`changes_sentence`: the introduction's generated sentences: per published
   claim, whether the reference agrees, disagrees or cannot tell, with the change and its
   interval, and a fixed sentence on why a CPU-scale study on a generated cohort may differ.
 """
@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import t as student_t
 
-from .directions import (CLAIMS, CONTROL_MODELS, _claim_rows, headline, level_table,
+from .directions import (CLAIMS, CONTROL_MODELS, _claim_rows, level_table,
                          ordered_levels)
 
 VALUE = "excess_copy_rate"  # the primary view's number per cell (see directions)
@@ -141,11 +141,6 @@ def side_by_side(ref_long: pd.DataFrame, your_long: pd.DataFrame) -> pd.DataFram
                                        "your verdict", "same verdict"])
 
 
-def answer(long: pd.DataFrame, preset: str) -> str:
-    """The study's answer: the headline, then :func:`changes_sentence`."""
-    return f"{headline(long, preset)} {changes_sentence(long)}".strip()
-
-
 def changes_sentence(long: pd.DataFrame) -> str:
     """The called claims' changes with their intervals or, when none was called, the largest
     change and its interval; empty without primary verdicts."""
@@ -220,5 +215,5 @@ def _families_line(df, plan: dict, detector: str | None) -> str:
             "have learned the images well enough to copy them.")
 
 
-__all__ = ["WHY", "answer", "change_text", "changes_sentence", "claim_lines", "prediction_interval",
+__all__ = ["WHY", "change_text", "changes_sentence", "claim_lines", "prediction_interval",
            "primary_claims", "replicate_points", "same_preset", "side_by_side"]
