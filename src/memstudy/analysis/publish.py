@@ -26,7 +26,6 @@ import json
 import os
 import platform
 import shutil
-import sys
 import tempfile
 from collections import Counter
 from dataclasses import dataclass
