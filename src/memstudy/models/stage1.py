@@ -131,10 +131,11 @@ def fit_autoencoder(cfg: RunConfig, images: torch.Tensor | None, device: str, *,
         saved = torch.load(resume, map_location=device, weights_only=False)
         for k, m in state_of.items():
             m.load_state_dict(saved[k])
-        gen.set_state(saved["gen"])
-        torch.set_rng_state(saved["torch_rng"])
+        # map_location moved the random states to the device too; generators take CPU bytes
+        gen.set_state(saved["gen"].cpu())
+        torch.set_rng_state(saved["torch_rng"].cpu())
         if "cuda_rng" in saved:
-            torch.cuda.set_rng_state(saved["cuda_rng"], device)
+            torch.cuda.set_rng_state(saved["cuda_rng"].cpu(), device)
         start = saved["step"]
     trim_stats(stats, "autoencoder", start)  # records past the resume point will be redone
     stats.parent.mkdir(parents=True, exist_ok=True)

@@ -79,7 +79,9 @@ class CheckpointedTraining:
         state = torch.load(path, map_location=self.device, weights_only=False)
         for k, m in self.modules().items():
             m.load_state_dict(state[k])
-        self.gen.set_state(state["gen"])
+        # map_location moved the generator's state to the device; a generator takes CPU bytes
+        # (a GPU run killed after a checkpoint failed to resume without .cpu(): seen on an H200)
+        self.gen.set_state(state["gen"].cpu())
         self.step = state["step"]
         return self.step
 
