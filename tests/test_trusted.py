@@ -116,6 +116,22 @@ def test_the_default_view_makes_every_listed_change_and_mixes_them():
     assert not torch.allclose(y, x)
 
 
+def test_view_lengths_grow_with_the_image():
+    """Lengths are given at 32 px: the same spec shifts, warps and blurs a 64-px image twice as
+    far, so a 64-px encoder sees the same share of the anatomy move as a 32-px one."""
+    spec = ViewSpec(p_shift=1.0, p_blur=1.0, p_elastic=1.0, shift_px=4.0, blur_sigma=1.0,
+                    elastic_px=2.0)
+    drawn = {}
+    for size in (32, 64):
+        view = PositiveView(spec, torch.Generator().manual_seed(3))
+        view(torch.rand(512, 1, size, size))
+        drawn[size] = view.last
+    for key in ("shift", "blur_sigma", "elastic_px"):  # same random stream, twice the length
+        assert torch.allclose(drawn[64][key], 2 * drawn[32][key]), key
+    assert drawn[32]["shift"].abs().max() <= 4.0 < drawn[64]["shift"].abs().max() <= 8.0
+    assert drawn[32]["elastic_px"].max() <= 2.0 < drawn[64]["elastic_px"].max() <= 4.0
+
+
 # --- the cache key ------------------------------------------------------------------------------
 
 

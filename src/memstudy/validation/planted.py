@@ -231,11 +231,10 @@ def _score_seed(sets: BenchmarkSets, detectors: tuple[str, ...], seed: int, para
     rows, scores = [], []
     for name in detectors:
         t0 = time.perf_counter()
-        trusted = TrustedSpec(image_size=params["image_size"],
-                              data_seed=seed if params["data_seed"] is None else params["data_seed"],
-                              cohort_patients=params["cohort_patients"],
-                              steps=params["trusted_steps"], ae_steps=params["trusted_steps"],
-                              backbone=params["trusted_backbone"])
+        trusted = TrustedSpec.with_budget(
+            params["trusted_steps"], image_size=params["image_size"],
+            data_seed=seed if params["data_seed"] is None else params["data_seed"],
+            cohort_patients=params["cohort_patients"], backbone=params["trusted_backbone"])
         det = make_detector(name, dim=params["encoder_dim"], steps=params["encoder_steps"],
                             seed=seed, device=device, external_path=external_path,
                             trusted=trusted).fit(train)
@@ -267,7 +266,7 @@ def run_benchmark(image_size: int = 32, n_train: int = 64, seed: int = 0,
                   *, seeds: tuple[int, ...] | None = None, data_seed: int | None = None,
                   n_holdout: int = 64, n_per_change: int = 32, n_novel: int = 128,
                   slices_per_patient: int = 4, cohort_patients: int = 600,
-                  encoder_steps: int = 300, encoder_dim: int = 128, trusted_steps: int = 400,
+                  encoder_steps: int = 300, encoder_dim: int = 128, trusted_steps: int = 2000,
                   trusted_backbone: str = "small", decode_steps: int = 200,
                   percentile: float = 95.0, n_boot: int = 2000, device: str = "cpu",
                   external_path: str | None = None, progress: bool = True) -> pd.DataFrame:
@@ -366,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n-novel", type=int, default=128, help="novel test-share slices")
     parser.add_argument("--encoder-steps", type=int, default=300,
                         help="Dar et al.'s per-cell contrastive encoder's training steps")
-    parser.add_argument("--trusted-steps", type=int, default=400,
+    parser.add_argument("--trusted-steps", type=int, default=2000,
                         help="the trusted encoder's training steps (cached per pool and size)")
     parser.add_argument("--trusted-backbone", default="small",
                         help="the trusted encoder's network: small, resnet10 or resnet18")
