@@ -187,3 +187,22 @@ def test_never_seen_volumes_of_the_null_and_negative_control_are_test_share_and_
     assert null.images.shape == (4, 1, 16, 16, 16)
     with pytest.raises(ValueError, match="raise cohort_patients"):
         unseen_volumes(cfg, len(test_share), UNSEEN_SALT, skip=1)
+
+
+def test_v_prediction_trains_and_samples_against_the_velocity():
+    """prediction_type reaches both schedulers and the loss: the target is the velocity
+    sqrt(a) * noise - sqrt(1 - a) * x0 (a = alpha-bar at t), checked on known numbers, and an
+    unknown type is refused before any work."""
+    from memstudy.models.networks import (build_sample_scheduler, build_train_scheduler,
+                                          diffusion_target)
+
+    cfg = CFG.replace(prediction_type="v_prediction")
+    train, sample = build_train_scheduler(cfg), build_sample_scheduler(cfg)
+    assert train.prediction_type == sample.prediction_type == "v_prediction"
+    x0, noise, t = torch.full((1, 3, 4, 4, 4), 2.0), torch.ones(1, 3, 4, 4, 4), torch.tensor([500])
+    a = train.alphas_cumprod[500]
+    expected = a.sqrt() * 1.0 - (1 - a).sqrt() * 2.0
+    assert torch.allclose(diffusion_target(train, x0, noise, t), expected.expand_as(x0))
+    assert torch.equal(diffusion_target(build_train_scheduler(CFG), x0, noise, t), noise)
+    with pytest.raises(ConfigError, match="prediction_type"):
+        CFG.replace(prediction_type="x0")

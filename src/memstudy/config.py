@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, get_type_hints
 
 AUGMENTATIONS = ("none", "flip_rotate", "strong")
+PREDICTION_TYPES = ("epsilon", "v_prediction")  # MONAI's scheduler names
 AUTOENCODERS = ("shared", "per_cell")  # where ldm's stage 1 comes from (RunConfig.autoencoder)
 UNET_PRESETS = ("XS", "S", "M", "L")
 MODELS = ("ldm", "pixel_dm", "autoencoder", "gan",
@@ -92,6 +93,9 @@ class RunConfig:
     lr: float = 1e-3  # AdamW learning rate of the diffusion model
     ema_decay: float = 0.0  # exponential moving average of weights; 0 disables it
     num_train_timesteps: int = 1000  # DDPM noise levels
+    prediction_type: str = "epsilon"  # what the UNet predicts: "epsilon" (the noise; DDPM and
+    #                MONAI's tutorials) or "v_prediction" (Salimans & Ho 2022), which 3D needs:
+    #                eps-prediction's samples of 32-cubed volumes blew up (book: three_d)
     seed: int = 0  # the replicate: seeds the patients drawn, model init, batches, augmentation
     #                and sampling, so replicates differ in patients *and* in model randomness
 
@@ -147,6 +151,7 @@ class RunConfig:
             raise ConfigError("detector 'contrastive3d' compares volumes: use it with spatial_dims=3, "
                               "or 'contrastive' for slices.")
         _choice("augmentation", self.augmentation, AUGMENTATIONS)
+        _choice("prediction_type", self.prediction_type, PREDICTION_TYPES)
         _choice("autoencoder", self.autoencoder, AUTOENCODERS)
         _choice("trusted_backbone", self.trusted_backbone, TRUSTED_BACKBONES)
         if "trusted" in self.detectors and self.dataset != "cohort":

@@ -28,6 +28,8 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score, roc_curve
 
+from ..models.networks import diffusion_target
+
 TIMESTEPS = (50, 100, 200, 400)  # low and middle noise levels: where an image's details matter
 
 
@@ -73,22 +75,11 @@ def denoising_losses(unet: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
             noise = noise_all[start:start + batch].to(device)
             t = torch.full((len(x0),), int(t_value), dtype=torch.long, device=device)
             x_t = scheduler.add_noise(original_samples=x0, noise=noise, timesteps=t)
-            target = _target(scheduler, x0, noise, t)
+            target = diffusion_target(scheduler, x0, noise, t)
             pred = unet(x_t, t).float()
             err = (pred - target).pow(2).reshape(len(x0), -1).mean(dim=1)
             total[start:start + len(x0)] += err.cpu()
     return total / len(timesteps)
-
-
-def _target(scheduler, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    kind = getattr(scheduler, "prediction_type", "epsilon")
-    if kind == "epsilon":
-        return noise
-    if kind == "sample":
-        return x0
-    if kind == "v_prediction":
-        return scheduler.get_velocity(x0, noise, t)
-    raise ValueError(f"unknown prediction_type {kind!r} of the scheduler")
 
 
 def tpr_at_fpr(fpr: np.ndarray, tpr: np.ndarray, max_fpr: float) -> float:

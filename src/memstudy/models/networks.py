@@ -66,13 +66,29 @@ def build_unet(cfg: RunConfig, channels: int | None = None) -> DiffusionModelUNe
 
 
 def build_train_scheduler(cfg: RunConfig) -> DDPMScheduler:
-    return DDPMScheduler(num_train_timesteps=cfg.num_train_timesteps, **noise_schedule(cfg))
+    return DDPMScheduler(num_train_timesteps=cfg.num_train_timesteps,
+                         prediction_type=cfg.prediction_type, **noise_schedule(cfg))
+
+
+def diffusion_target(scheduler, x0: torch.Tensor, noise: torch.Tensor,
+                     t: torch.Tensor) -> torch.Tensor:
+    """What the UNet is trained to output for ``x0`` noised with ``noise`` at steps ``t``:
+    the noise itself, the clean sample, or the velocity, by the scheduler's ``prediction_type``."""
+    kind = getattr(scheduler, "prediction_type", "epsilon")
+    if kind == "epsilon":
+        return noise
+    if kind == "sample":
+        return x0
+    if kind == "v_prediction":
+        return scheduler.get_velocity(x0, noise, t)
+    raise ValueError(f"unknown prediction_type {kind!r} of the scheduler")
 
 
 def build_sample_scheduler(cfg: RunConfig) -> DDIMScheduler:
     # Clip predictions to [-1, 1] only in pixel space: latents have no fixed range.
     sched = DDIMScheduler(num_train_timesteps=cfg.num_train_timesteps,
-                          clip_sample=cfg.model == "pixel_dm", **noise_schedule(cfg))
+                          clip_sample=cfg.model == "pixel_dm",
+                          prediction_type=cfg.prediction_type, **noise_schedule(cfg))
     sched.set_timesteps(cfg.ddim_steps)
     return sched
 

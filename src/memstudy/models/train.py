@@ -23,7 +23,8 @@ from tqdm.auto import tqdm
 from .accel import channels_last, fused, maybe_compile
 from .augment import BatchAugment
 from ..config import ConfigError, RunConfig
-from .networks import build_gan, build_sample_scheduler, build_train_scheduler, build_unet
+from .networks import (build_gan, build_sample_scheduler, build_train_scheduler, build_unet,
+                       diffusion_target)
 from .shared import shared_autoencoder
 from ..runio import append_jsonl, save_atomic, write_progress
 from ..timing import part, timed
@@ -174,7 +175,7 @@ class DiffusionTraining(CheckpointedTraining):
         z, noise = channels_last(z, self.device), channels_last(noise, self.device)
         with _autocast(self.device):
             pred = self.inferer(inputs=z, diffusion_model=self.step_model, noise=noise, timesteps=t)
-        loss = F.mse_loss(pred.float(), noise)
+        loss = F.mse_loss(pred.float(), diffusion_target(self.scheduler, z, noise, t).float())
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
