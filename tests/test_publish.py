@@ -89,6 +89,16 @@ def test_publish_copies_only_the_allow_list(grid, tmp_path, capsys):
     assert "memstudy publish" in (out / "README.md").read_text()
 
 
+def test_publishing_a_second_grid_keeps_the_first_in_the_readme(grid, tmp_path):
+    out = tmp_path / "reference"
+    assert main(["publish", str(grid), "--to", str(out)]) == 0
+    other = Path(shutil.copytree(grid, grid.parent / "other"))
+    assert main(["publish", str(other), "--to", str(out)]) == 0
+    text = (out / "README.md").read_text()
+    for name in ("mini", "other"):  # each grid keeps its section and its check command
+        assert f"## `{name}/`" in text and f"report --check {out.name}/{name}" in text
+
+
 def test_publish_refuses_real_data_and_writes_nothing(grid, tmp_path):
     path = grid / next(iter(CELLS)) / "config.json"
     write_json_atomic(path, {**read_json(path), "dataset": "brats2021"})

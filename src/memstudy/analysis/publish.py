@@ -225,7 +225,7 @@ def publish(grid_dir: str | Path, to: str | Path = "reference",
         write_report(tmp / grid_dir.name)  # the report matches the copied cells, nothing else
         provenance = grid_provenance(grid_dir, status, grid_command, command)
         write_json_atomic(tmp / grid_dir.name / "provenance.json", provenance)
-        write_bytes_atomic(tmp / "README.md", readme(tmp, to.name, grid_dir.name, provenance).encode())
+        write_bytes_atomic(tmp / "README.md", readme(tmp, to.name).encode())
         bad = disallowed_files(tmp)
         if bad:  # cannot happen through _copy_*: a kept older folder holds something else
             raise PublishError(f"{to} would hold files outside the allow list: {bad[:5]}; "
@@ -360,11 +360,13 @@ def machine() -> dict[str, Any]:
             "ram_gb": ram, "platform": platform.platform()}
 
 
-def readme(root: Path, name: str, grid_name: str, prov: dict[str, Any]) -> str:
-    """The published root's README: what is here, what made it, how to check it."""
+def readme(root: Path, name: str) -> str:
+    """The published root's README: what is here, what made each grid, how to check it.
+
+    Every grid folder with a ``provenance.json`` gets its section, so publishing one grid
+    beside others (the 3D ``dims`` grid beside ``reference``) keeps what the others say.
+    """
     folders = sorted(p.name for p in root.iterdir() if p.is_dir())
-    cells = prov["cells"]
-    t = prov["timing"]
     lines = [
         "# Published results of the memstudy study",
         "",
@@ -376,24 +378,31 @@ def readme(root: Path, name: str, grid_name: str, prov: dict[str, Any]) -> str:
         "| folder | what |",
         "|---|---|",
     ]
+    grids = [f for f in folders if (root / f / "grid.json").exists()]
     for folder in folders:
-        kind = ("grid" if (root / folder / "grid.json").exists() else "validation benchmark")
-        lines.append(f"| `{folder}/` | {kind} |")
+        lines.append(f"| `{folder}/` | {'grid' if folder in grids else 'validation benchmark'} |")
+    for grid_name in grids:
+        if not (root / grid_name / "provenance.json").exists():
+            continue
+        prov = read_json(root / grid_name / "provenance.json")
+        cells, t = prov["cells"], prov["timing"]
+        lines += [
+            "",
+            f"## `{grid_name}/`",
+            "",
+            f"- made by: `{prov['grid_command']}`",
+            f"- published by: `{prov['publish_command']}` on {prov['date_utc']}",
+            f"- cells: {cells.get('complete', 0)} complete of {cells['planned']} planned"
+            + (f" ({cells.get('failed', 0)} failed)" if cells.get("failed") else ""),
+            f"- code: git {', '.join(f'{s} ({n} cells)' for s, n in prov['git']['sha_cells'].items())}; "
+            f"{prov['git']['dirty_cells']} cells ran from a dirty tree",
+            f"- grid wall time {t['grid_wall_s'] / 3600:.2f} h ({t['grid_start_utc']} to "
+            f"{t['grid_end_utc']}); summed per-cell CPU {t['cells_profile_total_s']['cpu'] / 3600:.2f} h, "
+            f"wall {t['cells_profile_total_s']['wall'] / 3600:.2f} h",
+            "- details: `provenance.json`; tables: `report.parquet` / `report.csv` (one row per cell, "
+            "checkpoint and detector)",
+        ]
     lines += [
-        "",
-        f"## `{grid_name}/`",
-        "",
-        f"- made by: `{prov['grid_command']}`",
-        f"- published by: `{prov['publish_command']}` on {prov['date_utc']}",
-        f"- cells: {cells.get('complete', 0)} complete of {cells['planned']} planned"
-        + (f" ({cells.get('failed', 0)} failed)" if cells.get("failed") else ""),
-        f"- code: git {', '.join(f'{s} ({n} cells)' for s, n in prov['git']['sha_cells'].items())}; "
-        f"{prov['git']['dirty_cells']} cells ran from a dirty tree",
-        f"- grid wall time {t['grid_wall_s'] / 3600:.2f} h ({t['grid_start_utc']} to "
-        f"{t['grid_end_utc']}); summed per-cell CPU {t['cells_profile_total_s']['cpu'] / 3600:.2f} h, "
-        f"wall {t['cells_profile_total_s']['wall'] / 3600:.2f} h",
-        "- details: `provenance.json`; tables: `report.parquet` / `report.csv` (one row per cell, "
-        "checkpoint and detector)",
         "",
         "Per cell: `config.json`, `metrics.json`, `env.json`, `stats.jsonl`, `eval/*.json` and "
         "`eval/*.npz` (per-sample similarity scores, no images), and only the figures the book shows.",
@@ -403,7 +412,7 @@ def readme(root: Path, name: str, grid_name: str, prov: dict[str, Any]) -> str:
         "## Check it",
         "",
         "```",
-        f"memstudy report --check {name}/{grid_name}     # reruns the cheapest cell, compares",
+        *(f"memstudy report --check {name}/{g}     # reruns the cheapest cell, compares" for g in grids),
         "python -m pytest -q tests/test_publish.py            # allow list and size",
         "```",
         "",
