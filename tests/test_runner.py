@@ -344,3 +344,27 @@ def test_two_runners_on_one_folder_run_each_cell_once(tmp_path):
     # They met: one runner found a cell locked (or complete) and left it to the other.
     assert sum(len(r["locked"]) + len(r["skipped"]) for r in results) == 2
     assert set(collect(tmp_path / "pair")["status"]) == {"complete"}
+
+
+def test_a_cell_waiting_for_a_shared_autoencoder_in_training_yields_its_turn(tmp_path):
+    """While a worker trains a shared stage 1, the next worker starts a cell that can work now
+    rather than one that would wait on the lock; when every cell left waits, it takes the first."""
+    from collections import deque
+    from pathlib import Path
+
+    from memstudy.pipeline.executors import CellJob, _next_job, relative_cost
+
+    volume_ae, slice_ae = str(tmp_path / "ae3d.pt"), str(tmp_path / "ae2d.pt")
+    jobs = [CellJob(c, {}, str(tmp_path / c), "nb") for c in ("3d_a", "3d_b", "2d_a")]
+    stage1 = {"3d_a": volume_ae, "3d_b": volume_ae, "2d_a": slice_ae}
+    queue = deque(jobs[1:])
+    assert _next_job(queue, {volume_ae}, stage1).cell_id == "2d_a"  # 3d_b would only wait
+    assert _next_job(queue, {volume_ae}, stage1).cell_id == "3d_b"  # nothing else left
+    Path(volume_ae).write_bytes(b"trained")  # once the file is there, nobody waits
+    assert _next_job(deque(jobs[1:]), {volume_ae}, stage1).cell_id == "3d_b"
+    # and the ordering puts volume cells (and their autoencoder) before slice cells, controls last
+    base = dict(autoencoder="shared", ae_steps=300, train_steps=2000, dataset_size=8,
+                detectors="pixel")
+    costs = [relative_cost({**base, **p}) for p in (
+        {"spatial_dims": 3}, {"spatial_dims": 2}, {"spatial_dims": 2, "model": "control_positive"})]
+    assert costs == sorted(costs, reverse=True)

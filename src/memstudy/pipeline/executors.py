@@ -178,7 +178,9 @@ def run_jobs(executor: str, jobs: list[CellJob], n: int | None, slurm: SlurmOpti
         # The most expensive cells start first (longest-processing-time-first), so that no
         # long cell is left running alone at the end while the other workers idle.
         jobs = sorted(jobs, key=lambda job: relative_cost(job.params), reverse=True)
-        return _worker_pool(jobs, n, lambda slot: worker_env(slot, n, gpus, cores))
+        device = "cuda" if gpus else "cpu"
+        stage1 = {job.cell_id: shared_stage1(job.params, device) for job in jobs}
+        return _worker_pool(jobs, n, lambda slot: worker_env(slot, n, gpus, cores), stage1)
     cluster = "slurm" if executor == "slurm" else "local"
     return _submitit(jobs, n, slurm or SlurmOptions(), grid_dir / ".submitit", cluster)
 
@@ -210,10 +212,13 @@ def worker_env(slot: int, n: int, gpus: list[str], cores: int) -> dict[str, str]
 
 
 # Rough relative cost of a cell, used only to order the local pool's queue: pixel-space UNets
-# work on 16x more positions than 8x8 latents, bigger presets cost more per step, and small
-# training sets cap the batch. Only the order matters, not the numbers.
-_MODEL_COST = {"ldm": 1.0, "pixel_dm": 3.5, "gan": 0.8, "autoencoder": 0.0}
+# work on 16x more positions than 8x8 latents, bigger presets cost more per step, small
+# training sets cap the batch, controls train nothing, and a 3D step costs about 4x a 2D one
+# (40x for the autoencoder) at the dims preset's sizes. Only the order matters, not the numbers.
+_MODEL_COST = {"ldm": 1.0, "pixel_dm": 3.5, "gan": 0.8, "autoencoder": 0.0,
+               "control_positive": 0.0, "control_negative": 0.0}
 _PRESET_COST = {"XS": 0.5, "S": 1.0, "M": 1.7, "L": 5.0}
+_DIMS_COST = {2: (1.0, 1.0), 3: (4.0, 40.0)}  # (diffusion step, autoencoder step) against 2D
 
 
 def relative_cost(params: dict[str, Any]) -> float:
@@ -221,19 +226,47 @@ def relative_cost(params: dict[str, Any]) -> float:
     from ..config import RunConfig
 
     cfg = RunConfig.from_params(params)
-    batch = min(cfg.batch_size, cfg.dataset_size)
+    batch = min(cfg.batch_size, cfg.dataset_size // (cfg.slices_per_patient if cfg.spatial_dims == 3 else 1))
+    unet, ae = _DIMS_COST[cfg.spatial_dims]
     steps = cfg.train_steps * _MODEL_COST.get(cfg.model, 1.0) * _PRESET_COST[cfg.unet_preset]
-    return steps * (0.5 + batch / 16) + 0.3 * cfg.ae_steps
+    return unet * steps * (0.5 + batch / 16) + ae * 0.3 * cfg.ae_steps + 1.0
 
 
-def _worker_pool(jobs: list[CellJob], n: int, slot_env) -> Iterator[CellOutcome]:
+def shared_stage1(params: dict[str, Any], device: str = "cpu") -> str | None:
+    """The cache file of the shared stage-1 autoencoder a cell loads, or trains first if it is
+    missing (``autoencoder: shared``); ``None`` for a cell that needs none."""
+    from ..config import RunConfig
+
+    cfg = RunConfig.from_params(params)
+    if cfg.autoencoder != "shared" or cfg.model in ("gan", "pixel_dm", "autoencoder"):
+        return None
+    from ..models.shared import shared_key
+    from ..runio import cache_file
+
+    return str(cache_file("autoencoder", shared_key(cfg, device), ".pt"))
+
+
+def _next_job(queue: deque, running_stage1: set[str], stage1: dict[str, str | None]) -> CellJob:
+    """The first queued cell that can work now: not one whose shared autoencoder another worker
+    is still training (it would hold a worker idle on the lock), unless every cell left waits."""
+    for job in queue:
+        path = stage1.get(job.cell_id)
+        if path is None or path not in running_stage1 or Path(path).exists():
+            queue.remove(job)
+            return job
+    return queue.popleft()
+
+
+def _worker_pool(jobs: list[CellJob], n: int, slot_env,
+                 stage1: dict[str, str | None] | None = None) -> Iterator[CellOutcome]:
     """Run ``jobs`` in order, ``n`` worker processes at a time, each holding one slot (the
-    GPU or core share ``slot_env(slot)``) and its cell's run lock."""
-    queue, free, running = deque(jobs), list(range(n)), []
+    GPU or core share ``slot_env(slot)``) and its cell's run lock. ``stage1`` (cell id -> shared
+    autoencoder file) lets a cell that would wait for another's autoencoder yield its turn."""
+    queue, free, running, stage1 = deque(jobs), list(range(n)), [], stage1 or {}
     try:
         while queue or running:
             while queue and free:
-                job = queue.popleft()
+                job = _next_job(queue, {stage1.get(w.job.cell_id) for w, _ in running}, stage1)
                 try:
                     lock = acquire_lock(job.run_dir)
                 except RunLocked as err:  # another runner has it: leave it to that one
