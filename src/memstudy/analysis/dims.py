@@ -145,3 +145,43 @@ def verdicts(table: pd.DataFrame, rate: str = "patient_match_rate") -> list[str]
 def load_dims(results_dir: str | Path) -> pd.DataFrame:
     """:func:`dims_table` of a dims results folder (``results/dims``)."""
     return dims_table(collect(results_dir))
+
+
+def onset_figure(table: pd.DataFrame, source: str, detector: str = "pixel",
+                 rate: str = "copy_rate"):
+    """Excess of ``rate`` over its null against training length, 2D beside 3D, one panel per
+    cohort size, each point the mean over replicates with its 95 % interval.
+
+    The picture of the chapter's question: where an arm's interval leaves zero, it reproduces
+    its training patients more often than never-seen patients are matched by chance.
+    """
+    import matplotlib.pyplot as plt
+
+    from ..viz.figures import stamp
+
+    rows = table[table.detector == detector]
+    sizes = sorted(rows.dataset_size.unique())
+    fig, axes = plt.subplots(1, len(sizes), figsize=(4.2 * len(sizes), 3.4), sharey=True,
+                             squeeze=False)
+    for ax, size in zip(axes[0], sizes):
+        for dims, colour, shift in ((2, "tab:blue", 0.97), (3, "tab:red", 1.03)):
+            arm = rows[(rows.dataset_size == size) & (rows.spatial_dims == dims)].sort_values("step")
+            if arm.empty:
+                continue
+            mid = arm[f"excess_{rate}"].to_numpy()
+            err = np.vstack([mid - arm[f"excess_{rate}_lo"], arm[f"excess_{rate}_hi"] - mid])
+            ax.errorbar(arm.step * shift, mid, yerr=err, marker="o", capsize=3, color=colour,
+                        label=f"{dims}D ({int(arm.n_cells.max())} replicates)")
+        ax.axhline(0, color="grey", lw=1, ls="--")
+        ax.set_xscale("log")
+        steps = sorted(rows.step.unique())
+        ax.set_xticks(steps, [f"{int(v):,}" for v in steps])
+        ax.minorticks_off()
+        ax.set_xlabel("training steps")
+        n_patients = int(rows[rows.dataset_size == size].n_patients.iloc[0])
+        ax.set_title(f"{n_patients} training patients")
+        ax.legend(loc="upper left", fontsize=8)
+    axes[0][0].set_ylabel(f"{rate} − null ({detector})")
+    stamp(fig, source)
+    fig.tight_layout()
+    return fig
