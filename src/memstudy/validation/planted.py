@@ -352,7 +352,8 @@ def main(argv: list[str] | None = None) -> int:
         "and paired comparisons. Writes validation, recall, paired, per_seed and scores "
         "tables (.csv/.parquet), roc.png, recall_by_change.png, examples.png, benchmark.json.",
         epilog="cost on 2 CPU cores at 32 px: about 2 minutes per seed, plus the trusted "
-        "encoder once per pool (about 3 minutes at --trusted-steps 400; cached after).")
+        "encoder once per pool and size (about 18 CPU-minutes at the default --trusted-steps 2000, "
+        "32 or 64 px; cached after).")
     parser.add_argument("--out-dir", type=Path, default=None,
                         help="output folder (default: $MEMSTUDY_RESULTS/validation)")
     parser.add_argument("--detectors", default=None,
