@@ -226,10 +226,11 @@ def relative_cost(params: dict[str, Any]) -> float:
     from ..config import RunConfig
 
     cfg = RunConfig.from_params(params)
-    batch = min(cfg.batch_size, cfg.dataset_size // (cfg.slices_per_patient if cfg.spatial_dims == 3 else 1))
+    images = cfg.dataset_size // (cfg.slices_per_patient if cfg.spatial_dims == 3 else 1)
+    batch = min(cfg.batch_size, images)  # a 3D cell trains on one volume per patient
     unet, ae = _DIMS_COST[cfg.spatial_dims]
     steps = cfg.train_steps * _MODEL_COST.get(cfg.model, 1.0) * _PRESET_COST[cfg.unet_preset]
-    return unet * steps * (0.5 + batch / 16) + ae * 0.3 * cfg.ae_steps + 1.0
+    return unet * steps * (0.5 + batch / 16) + ae * 0.3 * cfg.ae_steps
 
 
 def shared_stage1(params: dict[str, Any], device: str = "cpu") -> str | None:
