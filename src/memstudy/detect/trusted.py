@@ -43,8 +43,8 @@ AE_SNAPSHOTS = (0.25, 0.5, 1.0)  # the view autoencoder is kept at these fractio
 DECODE_WITH = (0.5, 1.0)
 # The round-trip autoencoder needs no more steps than this, whatever the encoder's budget: with
 # 400 (decoding with its 200- and 400-step snapshots) and a 2,000-step encoder, decoded copies
-# were caught 27 % (32 px) and 90 % (64 px) of the time on the planted-copy benchmark (H200 sweep,
-# 2026-12-04), against 22 % and 65 % with the 400-step encoder before.
+# were caught 20 % (32 px) and 95 % (64 px) of the time on the planted-copy benchmark
+# (reference/validation_*px, 2026-12-04), against 22 % and 65 % with the 400-step encoder before.
 AE_STEPS = 400
 
 

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch.func import functional_call, stack_module_state, vmap
 
 from .accel import fused
+from .networks import diffusion_target
 
 
 class StackedDenoisers:
@@ -49,7 +50,9 @@ class StackedDenoisers:
         """One DDPM training step of every member on its own batch; returns the R losses."""
         noisy = torch.stack([scheduler.add_noise(z[r], noise[r], t[r]) for r in range(self.size)])
         pred = self.forward(noisy, t)
-        losses = F.mse_loss(pred.float(), noise, reduction="none").flatten(1).mean(1)
+        target = torch.stack([diffusion_target(scheduler, z[r], noise[r], t[r])
+                              for r in range(self.size)])  # the noise, or v, as the scheduler says
+        losses = F.mse_loss(pred.float(), target.float(), reduction="none").flatten(1).mean(1)
         self.opt.zero_grad(set_to_none=True)
         losses.sum().backward()  # members share no weights: each gets its own loss's gradient
         self.opt.step()
