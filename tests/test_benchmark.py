@@ -162,9 +162,9 @@ def test_a_small_run_writes_every_file(tmp_path):
     table = run_benchmark(32, 16, seeds=(1, 2), detectors=("pixel", "nn_ratio", "ssim", "contrastive"),
                           out_dir=out, n_holdout=16, n_per_change=8, n_novel=16,
                           encoder_steps=3, encoder_dim=16, decode_steps=2, n_boot=100,
-                          progress=False)
+                          tau_draws=3, progress=False)
     for name in ("validation.csv", "validation.parquet", "scores.csv", "scores.parquet",
-                 "recall.parquet", "paired.parquet", "per_seed.parquet",
+                 "recall.parquet", "paired.parquet", "per_seed.parquet", "tau_rule.parquet",
                  "roc.png", "recall_by_change.png", "examples.png", "benchmark.json"):
         assert (out / name).stat().st_size > 0, name
     assert list(table.detector) == ["pixel", "nn_ratio", "ssim", "contrastive"]
@@ -181,6 +181,11 @@ def test_a_small_run_writes_every_file(tmp_path):
         exact = scores[(scores.detector == det) & (scores.kind == "exact")]
         assert exact.nn_is_source.all()
     assert table.set_index("detector").loc["nn_ratio", "tau_rule"] == "fixed"
+    draws = pd.read_parquet(out / "tau_rule.parquet")  # Dar et al.'s encoder is not redrawn
+    assert set(draws.detector) == {"pixel", "nn_ratio", "ssim"} and len(draws) == 3 * 3
+    by = table.set_index("detector")
+    assert by.loc[["pixel", "ssim"], "rule_draws"].eq(3).all()
+    assert np.isnan(by.loc["contrastive", "fpr_rule"])
     meta = json.loads((out / "benchmark.json").read_text())
     assert meta["params"]["encoder_steps"] == 3 and meta["n_queries"][NOVEL] == 2 * 16
 
@@ -198,3 +203,35 @@ def test_module_entry_point_runs():
     done = subprocess.run([sys.executable, "-m", "memstudy.validation.planted", "--help"],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and "--encoder-steps" in done.stdout
+
+
+def test_the_tau_rule_draws_recompute_tau_and_count_novel_slices_above_it():
+    from memstudy.validation.planted import draw_patients
+    from memstudy.validation.tau_rule import FIRST_DRAW, rule_draws
+
+    params = dict(image_size=32, n_train=16, n_holdout=16, n_novel=16, slices_per_patient=4,
+                  cohort_patients=600, data_seed=0, percentile=95.0, encoder_dim=8,
+                  encoder_steps=1, trusted_steps=1, trusted_backbone="small")
+    rows = rule_draws(params, ("pixel", "contrastive"), draws=2, progress=False)
+    assert list(rows.detector) == ["pixel", "pixel"] and list(rows.draw) == [FIRST_DRAW, FIRST_DRAW + 1]
+    sets = draw_patients(32, 16, 16, 16, 4, 600, seed=FIRST_DRAW + 1, data_seed=0)
+    flat = {k: sets[k].images.reshape(len(sets[k].images), -1) for k in ("train", "holdout", "novel")}
+
+    def max_r(q, r):  # Pearson's r of every pair, by hand
+        return np.corrcoef(q, r)[:len(q), len(q):].max(1)
+
+    tau = np.percentile(max_r(flat["train"], flat["holdout"]), 95)
+    row = rows.iloc[1]
+    assert row.tau == pytest.approx(tau, abs=1e-5)
+    assert row.fpr_novel == pytest.approx((max_r(flat["novel"], flat["train"]) > tau).mean())
+
+
+def test_the_tau_rule_summary_on_known_draws():
+    from memstudy.validation.tau_rule import summarize_draws
+
+    rows = pd.DataFrame({"detector": "a", "draw": [0, 1, 2], "tau": [0.9, 0.8, 0.7],
+                         "fpr_novel": [0.05, 0.10, 0.15], "fp_floor": 0.05})
+    got = summarize_draws(rows, 0.05, n_boot=200).iloc[0]
+    assert got.fpr_rule == pytest.approx(0.10) and got.excess == pytest.approx(0.05)
+    assert got.share_over_2pt == pytest.approx(2 / 3) and got.fpr_rule_lo <= 0.10 <= got.fpr_rule_hi
+    assert got.tau_sd == pytest.approx(0.1)

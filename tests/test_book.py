@@ -178,7 +178,7 @@ def test_book_builds_from_result_files(tmp_path):
     assert not summary.failed, summary.failed
     write_report(results / "tiny")
     run_benchmark(n_train=16, n_holdout=16, n_per_change=4, n_novel=16, encoder_steps=10,
-                  detectors=("contrastive", "pixel", "nn_ratio", "ssim"),
+                  detectors=("contrastive", "pixel", "nn_ratio", "ssim"), tau_draws=4,
                   out_dir=results / "validation", progress=False)
     # Reference mode, as a reader with the published results and a run of their own sees the
     # book: the tiny grid plays the reference (with the provenance `memstudy publish` writes),

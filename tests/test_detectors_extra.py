@@ -195,7 +195,7 @@ def test_make_detector_builds_every_name(tmp_path, monkeypatch):
     path = tmp_path / "encoder.pt"
     torch.jit.script(_TinyEncoder()).save(str(path))
     monkeypatch.setenv(EXTERNAL_ENV, str(path))
-    tiny = TrustedSpec(cohort_patients=40, slices=2, steps=1, batch_size=4, ae_steps=1, dim=8)
+    tiny = TrustedSpec(cohort_patients=40, patients=9, slices=2, steps=1, batch_size=4, ae_steps=1, dim=8)
     for name in ALL_DETECTORS:
         det = make_detector(name, dim=16, steps=1, seed=0, device="cpu", trusted=tiny)
         assert isinstance(det, Detector) and det.name == name

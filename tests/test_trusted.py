@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from memstudy.config import ConfigError, RunConfig
+from memstudy.config import DETECTOR_POOL_FIRST_ID, ConfigError, RunConfig
 from memstudy.data.cohort import make_cohort
 from memstudy.data.sets import load_sets, patient_split
 from memstudy.data.splits import split_patients
@@ -140,7 +140,7 @@ def test_the_cache_key_changes_with_data_set_size_seed_and_budget():
     path = cache_file("trusted_encoder", base.key())
     assert cache_file("trusted_encoder", TrustedSpec().key()) == path  # same spec, same file
     for change in ({"dataset": "medmnist:x"}, {"image_size": 64}, {"data_seed": 1},
-                   {"steps": 401}, {"backbone": "resnet10"}, {"cohort_patients": 601},
+                   {"steps": 401}, {"backbone": "resnet10"}, {"cohort_patients": 601}, {"patients": 999},
                    {"views": ViewSpec(shift_px=3.0)}):
         other = TrustedSpec(**change)
         assert cache_file("trusted_encoder", other.key()) != path, change
@@ -159,9 +159,13 @@ def test_a_config_shares_one_encoder_across_replicate_seeds():
 @pytest.mark.parametrize("data_seed", [0, 1])
 def test_reference_patients_are_never_a_cells_train_holdout_or_test_patients(data_seed):
     cfg = RunConfig(data_seed=data_seed, detectors=("trusted",))
-    ref = reference_patients(spec_for_config(cfg))
+    spec = spec_for_config(cfg)
+    ref = reference_patients(spec)
     split = patient_split(cfg)
-    assert len(ref) > 50 and np.array_equal(ref, split["reference"])
+    share = split["reference"]
+    assert len(ref) == spec.patients == len(np.unique(ref)) and len(share) > 50
+    assert np.array_equal(ref[:len(share)], share)  # the share first, then patients beyond
+    assert (ref[len(share):] >= DETECTOR_POOL_FIRST_ID).all()  # ...every pool's ids
     for part in ("train", "holdout", "test"):
         assert not np.isin(ref, split[part]).any(), part
     for seed in range(3):  # the cells of any replicate and size draw elsewhere
@@ -171,8 +175,14 @@ def test_reference_patients_are_never_a_cells_train_holdout_or_test_patients(dat
             assert not np.isin(sets.holdout.patient_id, ref).any()
 
 
+def test_a_pool_that_reaches_the_detectors_patients_is_refused():
+    with pytest.raises(ConfigError, match="trusted detector learns from"):
+        RunConfig(cohort_patients=DETECTOR_POOL_FIRST_ID + 1)
+
+
 def test_the_encoder_is_trained_on_reference_slices_only(monkeypatch):
-    spec = TrustedSpec(cohort_patients=40, slices=2, steps=1, batch_size=4, ae_steps=0, dim=8)
+    spec = TrustedSpec(cohort_patients=40, patients=9, slices=2, steps=1, batch_size=4,
+                       ae_steps=0, dim=8)
     seen = {}
 
     def spy(spec_, reference, device="cpu", progress=False):
@@ -184,13 +194,16 @@ def test_the_encoder_is_trained_on_reference_slices_only(monkeypatch):
     split = split_patients(np.arange(40), seed=0)
     expected = make_cohort(40, 32, 2, seed=0)
     mine = np.isin(expected.patient_id, split["reference"])
-    assert torch.equal(seen["images"], torch.from_numpy(expected.images[mine]))
+    beyond = make_cohort(9 - mine.sum() // 2, 32, 2, seed=0, first_patient=DETECTOR_POOL_FIRST_ID)
+    assert torch.equal(seen["images"],
+                       torch.from_numpy(np.concatenate([expected.images[mine], beyond.images])))
     cells = expected.images[~mine]  # every other patient of the pool, any share
     assert not (seen["images"].numpy()[:, None] == cells[None]).all(axis=(2, 3, 4)).any()
 
 
 def test_trusted_detector_trains_once_then_loads_from_the_cache(monkeypatch):
-    spec = TrustedSpec(cohort_patients=40, slices=2, steps=1, batch_size=4, ae_steps=1, dim=8)
+    spec = TrustedSpec(cohort_patients=40, patients=9, slices=2, steps=1, batch_size=4,
+                       ae_steps=1, dim=8)
     det = trusted_detector(spec)
     x = reference_images(spec)[:3]
     emb = det.embed(x)

@@ -35,6 +35,10 @@ MODELS_3D = ("ldm", "pixel_dm", "autoencoder", "control_positive", "control_nega
 #   autoencoder, quality feature encoder), so a ruler never saw a cell's patients.
 SPLITS = ("train", "holdout", "test", "reference")
 SPLIT_FRACTIONS = (0.5, 0.2, 0.15, 0.15)
+# The generated cohort can also make patients outside every pool: the trusted detector tops its
+# reference share up with patients from this id on (memstudy.detect.trusted), so no cell's pool
+# (ids 0 .. cohort_patients - 1) may reach it.
+DETECTOR_POOL_FIRST_ID = 1_000_000
 DATASETS = ("cohort", "medmnist:<flag>")  # medmnist reads $MEMSTUDY_DATA/<flag>.npz
 # Local real data sets (memstudy.data.readers), read from $MEMSTUDY_DATA; "name:option" picks
 # a sequence/channel where the layout has several (e.g. "brats2021:t1ce").
@@ -169,6 +173,11 @@ class RunConfig:
                      "encoder_steps", "encoder_dim", "trusted_steps"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)}.")
+        if self.cohort_patients > DETECTOR_POOL_FIRST_ID:
+            raise ConfigError(
+                f"cohort_patients={self.cohort_patients} reaches the ids from "
+                f"{DETECTOR_POOL_FIRST_ID:,} on, which the trusted detector learns from: use at "
+                f"most {DETECTOR_POOL_FIRST_ID:,} patients.")
         factor = 2 ** (len(self.ae_channels) - 1)
         if self.image_size % (4 * factor):
             raise ConfigError(

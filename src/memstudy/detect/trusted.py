@@ -6,8 +6,12 @@ Why not Dar et al.'s encoder (``contrastive``, kept as it was)? It is trained pe
 patient's gain and noise), its views cover only +-5 degrees and flips, and its quality changes
 along the dataset-size axis because its training set does. This one:
 
-- learns from the pool's **reference** share (:data:`memstudy.config.SPLITS`), many slices per
-  patient, so it never saw a training, holdout or test patient of any cell;
+- learns from patients no cell ever draws: the pool's **reference** share
+  (:data:`memstudy.config.SPLITS`), topped up to 1,000 patients with generated patients whose
+  ids lie beyond every pool (:data:`memstudy.config.DETECTOR_POOL_FIRST_ID`), several slices
+  each, so it never saw a training, holdout or test patient of any cell. Ninety patients (the
+  reference share of a 600-patient pool) were too few: the encoder learned their outlines, and
+  copies warped or decoded beyond what it had seen looked like other patients to it;
 - uses the positive views of :mod:`.views` (shifts, rotations, flips, intensity / contrast /
   gamma, noise, blur, elastic warps and an autoencoder round trip), with a clean anchor;
 - is trained once per :class:`TrustedSpec` (data set, image size, pool seed, budget) and cached
@@ -34,17 +38,16 @@ from .contrastive import nt_xent
 from .views import PositiveView, ViewSpec, round_trip
 
 BACKBONES = ("small", "resnet10", "resnet18")
-CACHE_VERSION = 4  # bump when the training procedure changes, so old encoders are not reused
-AE_VERSION = 2  # the same for the view autoencoder (its own key)
-AE_SNAPSHOTS = (0.25, 0.5, 1.0)  # the view autoencoder is kept at these fractions of its steps
-# ...and the views decode with the later two: a quarter-trained autoencoder's round trip had lost
-# so much of a head that matching it to its source collapsed the embedding (measured at 32 px:
-# tau 1.000, recall 17 %, against 78 % without it).
-DECODE_WITH = (0.5, 1.0)
-# The round-trip autoencoder needs no more steps than this, whatever the encoder's budget: with
-# 400 (decoding with its 200- and 400-step snapshots) and a 2,000-step encoder, decoded copies
-# were caught 20 % (32 px) and 95 % (64 px) of the time on the planted-copy benchmark
-# (reference/validation_*px, 2026-12-04), against 22 % and 65 % with the 400-step encoder before.
+CACHE_VERSION = 5  # bump when the training procedure changes, so old encoders are not reused
+AE_VERSION = 3  # the same for the view autoencoder (its own key)
+# The views decode with the view autoencoder at each of these fractions of its steps: an
+# autoencoder stopped early decodes blurrier, and a generator's stage 1 may be anywhere on that
+# path. (With only 90 reference patients the quarter-trained snapshot collapsed the embedding;
+# with 1,000 it does not: GPU sweep of 2026-12-04, 3 seeds, 64 px decoded recall 100 % either way,
+# AUC 0.996 with it against 0.994 without.)
+AE_SNAPSHOTS = (0.25, 0.5, 1.0)
+# The round-trip autoencoder needs no more steps than this, whatever the encoder's budget (it
+# was tied to the encoder's steps once, and 2,000 steps of it bought nothing).
 AE_STEPS = 400
 
 
@@ -56,7 +59,8 @@ class TrustedSpec:
     image_size: int = 32
     data_seed: int = 0  # the pool: its anatomy and its patient split
     cohort_patients: int = 600  # pool size; the reference share is SPLIT_FRACTIONS of it
-    slices: int = 16  # slices of each reference patient (heights spread over the head)
+    patients: int = 1000  # reference patients: the share, topped up beyond the pool's ids
+    slices: int = 8  # slices of each reference patient (heights spread over the head)
     steps: int = 2000  # optimisation steps of the encoder (the budget)
     batch_size: int = 256  # pairs per step: 2 * batch_size - 2 negatives for each view
     backbone: str = "small"  # one of BACKBONES (MONAI ResNets, no pretrained weights)
@@ -70,8 +74,10 @@ class TrustedSpec:
     def __post_init__(self) -> None:
         if self.backbone not in BACKBONES:
             raise ValueError(f"backbone={self.backbone!r} is not one of {', '.join(BACKBONES)}")
-        if self.image_size < 16 or self.steps < 1 or self.batch_size < 2:
-            raise ValueError(f"need image_size >= 16, steps >= 1, batch_size >= 2: {self}")
+        if (self.image_size < 16 or self.steps < 1 or self.batch_size < 2 or self.patients < 1
+                or self.slices < 1):
+            raise ValueError(f"need image_size >= 16, steps >= 1, batch_size >= 2, patients >= 1 "
+                             f"and slices >= 1: {self}")
 
     @classmethod
     def with_budget(cls, steps: int, **fields) -> "TrustedSpec":
@@ -136,7 +142,13 @@ def build_backbone(name: str, dim: int, image_size: int) -> nn.Module:
 
 
 def reference_patients(spec: TrustedSpec) -> np.ndarray:
-    """Ids of the pool's reference-share patients: never a cell's train, holdout or test."""
+    """Ids of the patients the encoder learns from: never a cell's train, holdout or test.
+
+    The pool's reference share first, then, while fewer than ``spec.patients``, generated
+    patients from :data:`~memstudy.config.DETECTOR_POOL_FIRST_ID` on, which no pool reaches
+    (a :class:`~memstudy.config.RunConfig` refuses a pool that large).
+    """
+    from ..config import DETECTOR_POOL_FIRST_ID
     from ..data.splits import split_patients
 
     if spec.dataset != "cohort":
@@ -144,7 +156,10 @@ def reference_patients(spec: TrustedSpec) -> np.ndarray:
             f"the trusted detector learns from the pool's reference share, and dataset="
             f"{spec.dataset!r} has none yet (only the generated cohort does). Use the "
             "'contrastive' detector for this data set, or add a reference share to its loader.")
-    return split_patients(np.arange(spec.cohort_patients), seed=spec.data_seed)["reference"]
+    share = split_patients(np.arange(spec.cohort_patients), seed=spec.data_seed)["reference"]
+    extra = np.arange(DETECTOR_POOL_FIRST_ID,
+                      DETECTOR_POOL_FIRST_ID + max(0, spec.patients - len(share)))
+    return np.concatenate([share, extra])[:spec.patients]
 
 
 def reference_images(spec: TrustedSpec) -> torch.Tensor:
@@ -258,14 +273,14 @@ def train_trusted_encoder(spec: TrustedSpec, reference: torch.Tensor, device: st
     decoded = None
     if spec.ae_steps > 0 and spec.views.p_decode > 0:
         ae_key = {k: v for k, v in spec.key().items() if k in (
-            "dataset", "image_size", "data_seed", "cohort_patients", "slices", "ae_steps", "seed")}
+            "dataset", "image_size", "data_seed", "cohort_patients", "patients", "slices",
+            "ae_steps", "seed")}
         decoders = train_round_trip_autoencoders(
             reference, spec.ae_steps, spec.seed, device, snapshots=AE_SNAPSHOTS,
             cache=cache_file("trusted_round_trip_ae", {**ae_key, "version": AE_VERSION,
                                                        "snapshots": AE_SNAPSHOTS}))
-        used = [d for f, d in zip(AE_SNAPSHOTS, decoders) if f in DECODE_WITH]
-        # (S, N, 1, H, W): every reference image through every snapshot used, computed once
-        decoded = torch.stack([round_trip(d, reference) for d in used]).to(device)
+        # (S, N, 1, H, W): every reference image through every snapshot, computed once
+        decoded = torch.stack([round_trip(d, reference) for d in decoders]).to(device)
     gen = torch.Generator().manual_seed(spec.seed)
     view = PositiveView(spec.views, gen)
     opt = torch.optim.AdamW(encoder.parameters(), lr=spec.lr, weight_decay=1e-4)

@@ -56,7 +56,8 @@ class ViewSpec:
     blur_sigma: float = 1.3  # Gaussian blur with sigma drawn uniformly in [0.4, blur_sigma] px
     p_blur: float = 0.35
     elastic_px: float = 3.0  # elastic warp whose largest displacement is up to elastic_px
-    p_elastic: float = 0.5
+    elastic_grid: int = 7  # control points per side of the warp (more: a more local warp)
+    p_elastic: float = 0.7
     p_decode: float = 0.3  # start from an autoencoder round trip of the image (when given)
 
 
@@ -195,7 +196,7 @@ class PositiveView:
         if decoded.any():
             out = torch.where(decoded.view(-1, 1, 1, 1).to(x.device), x_decoded.float(), out)
         if (warp > 0).any():
-            out = elastic(out, warp, self.gen)
+            out = elastic(out, warp, self.gen, s.elastic_grid)
         out = affine(out, shift, angle, flip_lr, flip_ud)
         out = intensity(out.clamp(0, 1), gain.to(x.device), offset.to(x.device),
                         gamma.to(x.device))

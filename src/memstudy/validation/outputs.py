@@ -25,18 +25,27 @@ def _source(params: dict) -> str:
 
 
 def _write_results(out: Path, params: dict, per_seed: pd.DataFrame, per_sample: pd.DataFrame,
-                   wall_s: float, env: dict) -> pd.DataFrame:
-    """Summarize the scores of every detector and seed; write the tables, figures and json."""
+                   wall_s: float, env: dict, draws: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Summarize the scores of every detector and seed (and the tau rule's draws, when made);
+    write the tables, figures and json."""
     from ..viz import figures
     from .figures import recall_figure, roc_figure
+    from .tau_rule import summarize_draws
 
     nominal = 1 - params["percentile"] / 100
     table, recall, paired = summarize(per_sample, nominal, n_boot=params["n_boot"])
     rule = per_seed.groupby("detector", sort=False).tau_rule.first()
     table.insert(2, "tau_rule", table.detector.map(rule))
     table["seconds"] = table.detector.map(per_seed.groupby("detector").seconds.sum())
-    for df, name in ((table, "validation"), (recall, "recall"), (paired, "paired"),
-                     (per_seed, "per_seed"), (per_sample, "scores")):
+    tables = [(table, "validation"), (recall, "recall"), (paired, "paired"),
+              (per_seed, "per_seed"), (per_sample, "scores")]
+    if draws is not None and len(draws):
+        found = summarize_draws(draws, nominal, params["n_boot"]).set_index("detector")
+        for col, name in (("fpr_rule", "fpr_rule"), ("fpr_rule_lo", "fpr_rule_lo"),
+                          ("fpr_rule_hi", "fpr_rule_hi"), ("draws", "rule_draws")):
+            table[name] = table.detector.map(found[col])
+        tables.append((draws, "tau_rule"))
+    for df, name in tables:
         _write_table(df, out / name)
     figures.save(roc_figure(per_sample, table, _source(params)), out / "roc.png")
     figures.save(recall_figure(table, recall, _source(params)), out / "recall_by_change.png")
@@ -71,5 +80,8 @@ def combine_benchmarks(folders: list[str | Path], out_dir: str | Path) -> pd.Dat
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(Path(folders[0]) / "examples.png", out / "examples.png")
+    found = [pd.read_parquet(Path(f) / "tau_rule.parquet") for f in folders
+             if (Path(f) / "tau_rule.parquet").exists()]
     return _write_results(out, params, per_seed.reset_index(drop=True), per_sample,
-                          sum(m["wall_s"] for m in metas), metas[0]["environment"])
+                          sum(m["wall_s"] for m in metas), metas[0]["environment"],
+                          pd.concat(found, ignore_index=True) if found else None)

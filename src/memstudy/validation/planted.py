@@ -25,6 +25,8 @@ Output folder (``$MEMSTUDY_RESULTS/validation/`` by default), every file written
     paired.csv / .parquet       each detector against the trusted one: difference in AUC,
                                 recall and FPR with a paired bootstrap interval and p-value
     per_seed.csv / .parquet     the same metrics for each seed alone (no intervals)
+    tau_rule.csv / .parquet     tau and the novel false-positive rate on fresh draws of patients
+                                (:mod:`.tau_rule`); summarised as ``fpr_rule`` in validation
     scores.csv / .parquet       one row per detector, seed and query: kind, similarity,
                                 nearest training slice, flagged
     roc.png                     ROC curve of each detector, copies vs novel, tau marked
@@ -106,25 +108,11 @@ def _patients(ids: np.ndarray, image_size: int, slices: int, seed: int) -> Cohor
                     for f in ("images", "patient_id", "slice_index", "has_lesion")))
 
 
-def build_sets(image_size: int = 32, n_train: int = 64, n_holdout: int = 64,
-               n_per_change: int = 32, n_novel: int = 128, slices_per_patient: int = 4,
-               cohort_patients: int = 600, seed: int = 0, data_seed: int | None = None,
-               decode_steps: int = 200, device: str = "cpu") -> BenchmarkSets:
-    """Draw the patients, plant the copies, and label every query.
-
-    Each patient is generated at ``2 * slices_per_patient`` heights. Training, holdout and novel
-    slices are the even heights; the odd heights of *training* patients are never in the
-    training set and become the ``same_patient`` queries. Patients come from the pool's
-    patient-level split: training and holdout from their own shares, novel slices from the
-    *test* share only (never the *reference* share, which the trusted encoder learns from).
-
-    Parameters
-    ----------
-    seed : draws the patients of each share, the copies and their changes.
-    data_seed : the pool (anatomy and split); ``None`` = ``seed``, a new pool per seed.
-    decode_steps : steps of the autoencoder, trained on the training slices as a latent
-        model's stage 1 is, whose round trip makes the ``decoded`` copies (cached).
-    """
+def draw_patients(image_size: int, n_train: int, n_holdout: int, n_novel: int,
+                  slices_per_patient: int, cohort_patients: int, seed: int,
+                  data_seed: int | None = None) -> dict:
+    """The patients of one draw: training, holdout and novel slices (even heights), the
+    unseen odd heights of the training patients, and the pool's split (see :func:`build_sets`)."""
     spp = slices_per_patient
     for name, n in (("n_train", n_train), ("n_holdout", n_holdout), ("n_novel", n_novel)):
         if n < spp or n % spp:
@@ -146,6 +134,36 @@ def build_sets(image_size: int = 32, n_train: int = 64, n_holdout: int = 64,
     train, unseen = even_odd(_patients(ids["train"], image_size, spp, pool))
     holdout, _ = even_odd(_patients(ids["holdout"], image_size, spp, pool))
     novel, _ = even_odd(_patients(ids["test"], image_size, spp, pool))
+    return {"train": train, "unseen": unseen, "holdout": holdout, "novel": novel, "split": split,
+            "ids": ids}
+
+
+def build_sets(image_size: int = 32, n_train: int = 64, n_holdout: int = 64,
+               n_per_change: int = 32, n_novel: int = 128, slices_per_patient: int = 4,
+               cohort_patients: int = 600, seed: int = 0, data_seed: int | None = None,
+               decode_steps: int = 200, device: str = "cpu") -> BenchmarkSets:
+    """Draw the patients, plant the copies, and label every query.
+
+    Each patient is generated at ``2 * slices_per_patient`` heights. Training, holdout and novel
+    slices are the even heights; the odd heights of *training* patients are never in the
+    training set and become the ``same_patient`` queries. Patients come from the pool's
+    patient-level split: training and holdout from their own shares, novel slices from the
+    *test* share only (never the *reference* share, which the trusted encoder learns from).
+
+    Parameters
+    ----------
+    seed : draws the patients of each share, the copies and their changes.
+    data_seed : the pool (anatomy and split); ``None`` = ``seed``, a new pool per seed.
+    decode_steps : steps of the autoencoder, trained on the training slices as a latent
+        model's stage 1 is, whose round trip makes the ``decoded`` copies (cached).
+    """
+    spp = slices_per_patient
+    pool = seed if data_seed is None else data_seed
+    drawn = draw_patients(image_size, n_train, n_holdout, n_novel, spp, cohort_patients,
+                          seed=seed, data_seed=data_seed)
+    train, unseen, holdout, novel, split = (drawn[k] for k in (
+        "train", "unseen", "holdout", "novel", "split"))
+    ids = drawn["ids"]
 
     gen = torch.Generator().manual_seed(seed)
     images, kind, source, pid, sidx = [], [], [], [], []
@@ -269,7 +287,8 @@ def run_benchmark(image_size: int = 32, n_train: int = 64, seed: int = 0,
                   encoder_steps: int = 300, encoder_dim: int = 128, trusted_steps: int = 2000,
                   trusted_backbone: str = "small", decode_steps: int = 200,
                   percentile: float = 95.0, n_boot: int = 2000, device: str = "cpu",
-                  external_path: str | None = None, progress: bool = True) -> pd.DataFrame:
+                  external_path: str | None = None, tau_draws: int = 40,
+                  progress: bool = True) -> pd.DataFrame:
     """Score every detector on planted copies and novel slices; write tables and figures.
 
     Parameters
@@ -292,6 +311,8 @@ def run_benchmark(image_size: int = 32, n_train: int = 64, seed: int = 0,
     n_boot : bootstrap resamples of the intervals.
     device : "cpu", "cuda" or "auto".
     external_path : TorchScript file of the ``external`` detector (default: the env var).
+    tau_draws : fresh draws of patients (no copies) on which the rule's tau is recomputed and
+        its false-positive rate on novel slices measured (:mod:`.tau_rule`); 0 skips them.
 
     Returns
     -------
@@ -315,7 +336,8 @@ def run_benchmark(image_size: int = 32, n_train: int = 64, seed: int = 0,
                   slices_per_patient=slices_per_patient, cohort_patients=cohort_patients,
                   encoder_steps=encoder_steps, encoder_dim=encoder_dim,
                   trusted_steps=trusted_steps, trusted_backbone=trusted_backbone,
-                  decode_steps=decode_steps, percentile=percentile, n_boot=n_boot, device=device)
+                  decode_steps=decode_steps, percentile=percentile, n_boot=n_boot, device=device,
+                  tau_draws=tau_draws)
     per_seed, scores, first = [], [], None
     for s in seeds:
         sets = build_sets(image_size, n_train, n_holdout, n_per_change, n_novel,
@@ -327,11 +349,14 @@ def run_benchmark(image_size: int = 32, n_train: int = 64, seed: int = 0,
         scores += found
     from ..viz import figures
     from .figures import examples_figure
+    from .tau_rule import rule_draws
 
+    rule = (rule_draws(params, detectors, tau_draws, device, external_path, progress=progress)
+            if tau_draws else None)
     source = _source(params)
     figures.save(examples_figure(first, source), out / "examples.png")
     return _write_results(out, params, pd.DataFrame(per_seed), pd.concat(scores, ignore_index=True),
-                          round(time.perf_counter() - tic, 1), environment(device))
+                          round(time.perf_counter() - tic, 1), environment(device), rule)
 
 
 # --------------------------------------------------------------------------------------------
@@ -378,6 +403,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-seed", type=int, default=None,
                         help="one patient pool for every seed (default: a pool per seed)")
     parser.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples")
+    parser.add_argument("--tau-draws", type=int, default=40,
+                        help="fresh draws of patients on which tau is recomputed, to measure the "
+                        "rule's false-positive rate on novel patients (0: skip; Dar et al.'s "
+                        "per-cell encoder is not redrawn)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     parser.add_argument("--external-encoder", default=None,
                         help="TorchScript (or .pt2) file of the external detector "
@@ -392,12 +421,14 @@ def main(argv: list[str] | None = None) -> int:
                               trusted_steps=args.trusted_steps,
                               trusted_backbone=args.trusted_backbone,
                               decode_steps=args.decode_steps, n_boot=args.n_boot,
-                              device=args.device, external_path=args.external_encoder)
+                              device=args.device, external_path=args.external_encoder,
+                              tau_draws=args.tau_draws)
     except (ValueError, FileNotFoundError) as err:
         print(f"memstudy validate: error: {err}", file=sys.stderr)
         return 2
-    cols = ["detector", "auc", "auc_lo", "auc_hi", "recall", "fpr_novel", "fpr_novel_lo",
-            "fpr_novel_hi", "min_recall_change"]
+    cols = [c for c in ("detector", "auc", "auc_lo", "auc_hi", "recall", "fpr_novel",
+                        "fpr_novel_lo", "fpr_novel_hi", "fpr_rule", "min_recall_change")
+            if c in table]
     print(table[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     print(f"written to {args.out_dir or results_root() / 'validation'}")
     return 0
