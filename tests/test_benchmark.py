@@ -184,7 +184,8 @@ def test_a_small_run_writes_every_file(tmp_path):
     draws = pd.read_parquet(out / "tau_rule.parquet")  # Dar et al.'s encoder is not redrawn
     assert set(draws.detector) == {"pixel", "nn_ratio", "ssim"} and len(draws) == 3 * 3
     by = table.set_index("detector")
-    assert by.loc[["pixel", "ssim"], "rule_draws"].eq(3).all()
+    assert by.loc[["pixel", "ssim", "nn_ratio"], "rule_draws"].eq(3).all()
+    assert by.loc["nn_ratio", "fpr_rule"] == 0  # its fixed tau of 2/3 flagged no novel slice here
     assert np.isnan(by.loc["contrastive", "fpr_rule"])
     meta = json.loads((out / "benchmark.json").read_text())
     assert meta["params"]["encoder_steps"] == 3 and meta["n_queries"][NOVEL] == 2 * 16
@@ -235,3 +236,22 @@ def test_the_tau_rule_summary_on_known_draws():
     assert got.fpr_rule == pytest.approx(0.10) and got.excess == pytest.approx(0.05)
     assert got.share_over_2pt == pytest.approx(2 / 3) and got.fpr_rule_lo <= 0.10 <= got.fpr_rule_hi
     assert got.tau_sd == pytest.approx(0.1)
+
+
+def test_benchmarks_that_differ_in_detectors_and_draws_combine(tmp_path):
+    from memstudy.validation.planted import combine_benchmarks
+
+    small = dict(n_holdout=16, n_per_change=4, n_novel=16, decode_steps=2, n_boot=50,
+                 progress=False)
+    run_benchmark(32, 16, seeds=(1,), detectors=("pixel",), out_dir=tmp_path / "a",
+                  tau_draws=2, **small)
+    run_benchmark(32, 16, seeds=(1,), detectors=("pixel", "ssim"), out_dir=tmp_path / "b",
+                  tau_draws=3, **small)
+    table = combine_benchmarks([tmp_path / "a", tmp_path / "b"], tmp_path / "both")
+    draws = pd.read_parquet(tmp_path / "both" / "tau_rule.parquet")
+    assert not draws.duplicated(["detector", "draw"]).any()  # pixel's first draws: counted once
+    assert table.set_index("detector").rule_draws.to_dict() == {"pixel": 3, "ssim": 3}
+    with pytest.raises(ValueError, match="differ in more than their detectors"):
+        run_benchmark(32, 16, seeds=(2,), detectors=("ssim",), out_dir=tmp_path / "c",
+                      tau_draws=0, **small)
+        combine_benchmarks([tmp_path / "a", tmp_path / "c"], tmp_path / "bad")

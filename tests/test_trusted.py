@@ -1,6 +1,7 @@
 """The trusted detector: its positive views make each listed change (checked on images whose
-answer is known), its cache key follows what it depends on, and its encoder learns from
-reference-share patients only, never from a cell's training, holdout or test patients."""
+answer is known), its cache key follows what it depends on, and its encoder learns from the
+reference share and patients beyond every pool only, never from a cell's training, holdout or
+test patients."""
 
 import numpy as np
 import pytest

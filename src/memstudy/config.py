@@ -110,8 +110,8 @@ class RunConfig:
     #                                                         nn_ratio, ssim, external
     encoder_steps: int = 30  # contrastive encoder training steps (on the training set only)
     encoder_dim: int = 128  # contrastive embedding size (Dar et al.: 128 in 2D)
-    trusted_steps: int = 30  # steps of the shared trusted encoder (reference share; cached by
-    #                          data set, size, data_seed and budget, so cells share one)
+    trusted_steps: int = 30  # steps of the shared trusted encoder (patients no cell draws;
+    #                          cached by data set, size, data_seed and budget: cells share one)
     trusted_backbone: str = "small"  # its network: "small" CNN or a MONAI "resnet10"/"resnet18"
     tau_percentile: float = 95.0  # tau = this percentile of train->holdout max similarity
     membership: bool = True  # loss-based membership inference at each checkpoint (diffusion)

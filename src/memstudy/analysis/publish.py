@@ -43,7 +43,8 @@ CELL_PATTERNS = ("eval/*.json", "eval/*.npz")  # per-sample scores: kilobytes, n
 FIGURE_PATTERNS = ("figures/hist_step*_*.png", "figures/gallery_step*_*.png",
                    "figures/training_curve.png")
 # scores.csv is left out: the same per-query scores are in scores.parquet at a tenth the size
-VALIDATION_PATTERNS = ("validation.csv", "recall.csv", "paired.csv", "per_seed.csv", "*.parquet",
+VALIDATION_PATTERNS = ("validation.csv", "recall.csv", "paired.csv", "per_seed.csv",
+                       "tau_rule.csv", "*.parquet",
                        "benchmark.json", "*.png")
 ROOT_FILES = ("README.md",)
 SIZE_LIMIT_MB = 20.0  # the 65-cell reference + dims + two benchmarks: ~16 MB, two thirds figures

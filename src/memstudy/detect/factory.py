@@ -28,7 +28,7 @@ def make_detector(name: str, *, dim: int = 128, steps: int = 300, seed: int = 0,
 
     ``dim``, ``steps`` and ``cache_dir`` configure the contrastive encoder; ``external_path``
     the external one (default: ``$MEMSTUDY_EXTERNAL_ENCODER``); ``trusted`` the shared trusted
-    encoder (loaded from the cache, or trained once on the pool's reference share).
+    encoder (loaded from the cache, or trained once on patients no cell draws).
     """
     if name == "pixel":
         return PixelDetector()

@@ -77,6 +77,12 @@ class TrustedSpec:
     def __post_init__(self) -> None:
         if self.backbone not in BACKBONES:
             raise ValueError(f"backbone={self.backbone!r} is not one of {', '.join(BACKBONES)}")
+        from ..config import DETECTOR_POOL_FIRST_ID
+
+        if self.cohort_patients > DETECTOR_POOL_FIRST_ID:
+            raise ValueError(f"cohort_patients={self.cohort_patients} reaches the ids from "
+                             f"{DETECTOR_POOL_FIRST_ID:,} on, which the trusted encoder learns "
+                             f"from: use at most {DETECTOR_POOL_FIRST_ID:,} patients.")
         if (self.image_size < 16 or self.steps < 1 or self.batch_size < 2 or self.patients < 1
                 or self.slices < 1):
             raise ValueError(f"need image_size >= 16, steps >= 1, batch_size >= 2, patients >= 1 "
@@ -169,9 +175,16 @@ def reference_images(spec: TrustedSpec) -> torch.Tensor:
     """``spec.slices`` slices of every reference patient, (N, 1, H, W) in [0, 1]."""
     from ..data.cohort import make_cohort
 
+    from ..config import DETECTOR_POOL_FIRST_ID
+
     ids = reference_patients(spec)
+    share, beyond = ids[ids < DETECTOR_POOL_FIRST_ID], ids[ids >= DETECTOR_POOL_FIRST_ID]
+    # the share's ids are scattered over the pool; the patients beyond it are consecutive
     parts = [make_cohort(1, spec.image_size, spec.slices, seed=spec.data_seed,
-                         first_patient=int(p)).images for p in ids]
+                         first_patient=int(p)).images for p in share]
+    if len(beyond):
+        parts.append(make_cohort(len(beyond), spec.image_size, spec.slices, seed=spec.data_seed,
+                                 first_patient=int(beyond[0])).images)
     return torch.from_numpy(np.concatenate(parts))
 
 

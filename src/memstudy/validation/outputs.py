@@ -42,7 +42,8 @@ def _write_results(out: Path, params: dict, per_seed: pd.DataFrame, per_sample: 
     if draws is not None and len(draws):
         found = summarize_draws(draws, nominal, params["n_boot"]).set_index("detector")
         for col, name in (("fpr_rule", "fpr_rule"), ("fpr_rule_lo", "fpr_rule_lo"),
-                          ("fpr_rule_hi", "fpr_rule_hi"), ("draws", "rule_draws")):
+                          ("fpr_rule_hi", "fpr_rule_hi"), ("draws", "rule_draws"),
+                          ("share_over_2pt", "rule_share_over_2pt"), ("tau_sd", "tau_sd")):
             table[name] = table.detector.map(found[col])
         tables.append((draws, "tau_rule"))
     for df, name in tables:
@@ -68,7 +69,8 @@ def combine_benchmarks(folders: list[str | Path], out_dir: str | Path) -> pd.Dat
     import shutil
 
     metas = [read_json(Path(f) / "benchmark.json") for f in folders]
-    keep = lambda p: {k: v for k, v in p.items() if k not in ("detectors", "device")}  # noqa: E731
+    keep = lambda p: {k: v for k, v in p.items()  # noqa: E731 (the planted sets' parameters)
+                      if k not in ("detectors", "device", "tau_draws")}
     if any(keep(m["params"]) != keep(metas[0]["params"]) for m in metas):
         raise ValueError(f"the benchmarks in {folders} differ in more than their detectors: "
                          "their planted sets are not the same")
@@ -84,4 +86,5 @@ def combine_benchmarks(folders: list[str | Path], out_dir: str | Path) -> pd.Dat
              if (Path(f) / "tau_rule.parquet").exists()]
     return _write_results(out, params, per_seed.reset_index(drop=True), per_sample,
                           sum(m["wall_s"] for m in metas), metas[0]["environment"],
-                          pd.concat(found, ignore_index=True) if found else None)
+                          pd.concat(found, ignore_index=True).drop_duplicates(["detector", "draw"])
+                          if found else None)

@@ -312,7 +312,8 @@ def run_benchmark(image_size: int = 32, n_train: int = 64, seed: int = 0,
     device : "cpu", "cuda" or "auto".
     external_path : TorchScript file of the ``external`` detector (default: the env var).
     tau_draws : fresh draws of patients (no copies) on which the rule's tau is recomputed and
-        its false-positive rate on novel slices measured (:mod:`.tau_rule`); 0 skips them.
+        its false-positive rate on novel slices measured (:mod:`.tau_rule`), in ``data_seed``'s
+        pool (the first seed's when each seed has its own); 0 skips them.
 
     Returns
     -------
@@ -374,11 +375,12 @@ def main(argv: list[str] | None = None) -> int:
         description="Validate the copy detectors against planted copies of training slices "
         f"({', '.join(CHANGES)}; plus unseen slices of training patients) and novel slices of "
         "test-share patients, over one or more seeds, with 95 %% patient-bootstrap intervals "
-        "and paired comparisons. Writes validation, recall, paired, per_seed and scores "
-        "tables (.csv/.parquet), roc.png, recall_by_change.png, examples.png, benchmark.json.",
-        epilog="cost on 2 CPU cores at 32 px: about 2 minutes per seed, plus the trusted "
-        "encoder once per pool and size (about 18 CPU-minutes at the default --trusted-steps 2000, "
-        "32 or 64 px; cached after).")
+        "and paired comparisons; then the tau rule's false-positive rate on fresh draws of "
+        "patients. Writes validation, recall, paired, per_seed, scores and tau_rule tables "
+        "(.csv/.parquet), roc.png, recall_by_change.png, examples.png, benchmark.json.",
+        epilog="cost on 2 CPU cores at 32 px: about 2 minutes per seed and 2 minutes for the "
+        "tau draws, plus the trusted encoder once per pool and size (about 21 CPU-minutes at the "
+        "default --trusted-steps 2000, 32 or 64 px; cached after).")
     parser.add_argument("--out-dir", type=Path, default=None,
                         help="output folder (default: $MEMSTUDY_RESULTS/validation)")
     parser.add_argument("--detectors", default=None,

@@ -16,7 +16,7 @@ rate is a convex function of tau in the upper tail: a tau too low by some amount
 than a tau too high by the same amount saves.
 
 Detectors whose ``fit`` trains on the training set (Dar et al.'s ``contrastive``) would be
-retrained for every draw; they are skipped unless asked for, and the table says so.
+retrained for every draw; they are skipped unless asked for (their ``fpr_rule`` is empty).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import torch
 
 from ..detect.factory import make_detector
 from ..detect.trusted import TrustedSpec
-from ..metrics.intervals import percentile_interval
+from ..metrics.intervals import cluster_means, percentile_interval
 from ..metrics.scoring import score
 from .planted import draw_patients
 
@@ -45,7 +45,8 @@ def rule_draws(params: dict, detectors: tuple[str, ...], draws: int, device: str
     ``params`` are the benchmark's (sizes, pool, percentile, encoder settings; see
     :func:`memstudy.validation.planted.run_benchmark`).
     """
-    pool = 0 if params["data_seed"] is None else params["data_seed"]
+    # One pool for every seed (--data-seed), or a pool per seed: then the first seed's.
+    pool = params["seeds"][0] if params["data_seed"] is None else params["data_seed"]
     names = [d for d in detectors if include_retrained or d not in RETRAINED_PER_CELL]
     trusted = TrustedSpec.with_budget(
         params["trusted_steps"], image_size=params["image_size"], data_seed=pool,
@@ -76,14 +77,12 @@ def rule_draws(params: dict, detectors: tuple[str, ...], draws: int, device: str
 
 def summarize_draws(rows: pd.DataFrame, nominal: float, n_boot: int = 2000) -> pd.DataFrame:
     """Per detector: mean false-positive rate over draws with a bootstrap interval (draws
-    resampled), its excess over the nominal rate, and the share of draws above nominal + 2
-    points."""
+    resampled), its excess over the nominal rate, the share of draws more than 2 points above
+    nominal, and how much tau scatters between draws."""
     out = []
-    rng = np.random.default_rng(0)
     for name, part in rows.groupby("detector", sort=False):
         fpr = part.fpr_novel.to_numpy()
-        boot = fpr[rng.integers(0, len(fpr), (n_boot, len(fpr)))].mean(1)
-        lo, hi = percentile_interval(boot)
+        lo, hi = percentile_interval(cluster_means(fpr, np.arange(len(fpr)), n_boot))
         out.append({"detector": name, "draws": len(fpr), "fpr_rule": float(fpr.mean()),
                     "fpr_rule_lo": lo, "fpr_rule_hi": hi, "excess": float(fpr.mean() - nominal),
                     "share_over_2pt": float((fpr > nominal + 0.02).mean()),
