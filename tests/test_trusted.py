@@ -179,6 +179,9 @@ def test_reference_patients_are_never_a_cells_train_holdout_or_test_patients(dat
 def test_a_pool_that_reaches_the_detectors_patients_is_refused():
     with pytest.raises(ConfigError, match="trusted detector learns from"):
         RunConfig(cohort_patients=DETECTOR_POOL_FIRST_ID + 1)
+    with pytest.raises(ConfigError, match="trusted detector learns from"):
+        TrustedSpec(cohort_patients=DETECTOR_POOL_FIRST_ID + 1)
+    TrustedSpec(cohort_patients=DETECTOR_POOL_FIRST_ID)  # the largest pool that stays apart
 
 
 def test_the_encoder_is_trained_on_reference_slices_only(monkeypatch):

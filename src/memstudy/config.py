@@ -51,6 +51,15 @@ class ConfigError(ValueError):
     """A configuration value or key is invalid; the message says how to fix it."""
 
 
+def check_pool_size(cohort_patients: int) -> None:
+    """Refuse a pool whose ids (0 .. cohort_patients - 1) reach the trusted detector's own."""
+    if cohort_patients > DETECTOR_POOL_FIRST_ID:
+        raise ConfigError(
+            f"cohort_patients={cohort_patients} reaches the ids from {DETECTOR_POOL_FIRST_ID:,} "
+            f"on, which the trusted detector learns from: use at most "
+            f"{DETECTOR_POOL_FIRST_ID:,} patients.")
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """Everything that defines one cell of the study (the *what*, never the *where*).
@@ -173,11 +182,7 @@ class RunConfig:
                      "encoder_steps", "encoder_dim", "trusted_steps"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)}.")
-        if self.cohort_patients > DETECTOR_POOL_FIRST_ID:
-            raise ConfigError(
-                f"cohort_patients={self.cohort_patients} reaches the ids from "
-                f"{DETECTOR_POOL_FIRST_ID:,} on, which the trusted detector learns from: use at "
-                f"most {DETECTOR_POOL_FIRST_ID:,} patients.")
+        check_pool_size(self.cohort_patients)
         factor = 2 ** (len(self.ae_channels) - 1)
         if self.image_size % (4 * factor):
             raise ConfigError(

@@ -77,12 +77,9 @@ class TrustedSpec:
     def __post_init__(self) -> None:
         if self.backbone not in BACKBONES:
             raise ValueError(f"backbone={self.backbone!r} is not one of {', '.join(BACKBONES)}")
-        from ..config import DETECTOR_POOL_FIRST_ID
+        from ..config import check_pool_size
 
-        if self.cohort_patients > DETECTOR_POOL_FIRST_ID:
-            raise ValueError(f"cohort_patients={self.cohort_patients} reaches the ids from "
-                             f"{DETECTOR_POOL_FIRST_ID:,} on, which the trusted encoder learns "
-                             f"from: use at most {DETECTOR_POOL_FIRST_ID:,} patients.")
+        check_pool_size(self.cohort_patients)
         if (self.image_size < 16 or self.steps < 1 or self.batch_size < 2 or self.patients < 1
                 or self.slices < 1):
             raise ValueError(f"need image_size >= 16, steps >= 1, batch_size >= 2, patients >= 1 "
