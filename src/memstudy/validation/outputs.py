@@ -40,11 +40,11 @@ def _write_results(out: Path, params: dict, per_seed: pd.DataFrame, per_sample: 
     tables = [(table, "validation"), (recall, "recall"), (paired, "paired"),
               (per_seed, "per_seed"), (per_sample, "scores")]
     if draws is not None and len(draws):
-        found = summarize_draws(draws, nominal, params["n_boot"]).set_index("detector")
-        for col, name in (("fpr_rule", "fpr_rule"), ("fpr_rule_lo", "fpr_rule_lo"),
-                          ("fpr_rule_hi", "fpr_rule_hi"), ("draws", "rule_draws"),
-                          ("share_over_2pt", "rule_share_over_2pt"), ("tau_sd", "tau_sd")):
-            table[name] = table.detector.map(found[col])
+        found = (summarize_draws(draws, nominal, params["n_boot"]).set_index("detector")
+                 .rename(columns={"draws": "rule_draws", "share_over_2pt": "rule_share_over_2pt"}))
+        for name in ("fpr_rule", "fpr_rule_lo", "fpr_rule_hi", "rule_draws",
+                     "rule_share_over_2pt", "tau_sd"):
+            table[name] = table.detector.map(found[name])
         tables.append((draws, "tau_rule"))
     for df, name in tables:
         _write_table(df, out / name)
