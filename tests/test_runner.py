@@ -368,3 +368,17 @@ def test_a_cell_waiting_for_a_shared_autoencoder_in_training_yields_its_turn(tmp
     costs = [relative_cost({**base, **p}) for p in (
         {"spatial_dims": 3}, {"spatial_dims": 2}, {"spatial_dims": 2, "model": "control_positive"})]
     assert costs == sorted(costs, reverse=True)
+
+
+@pytest.mark.parametrize("model, autoencoder, loads", [
+    ("ldm", "shared", True), ("control_positive", "shared", True), ("ldm", "per_cell", False),
+    ("gan", "shared", False), ("pixel_dm", "shared", False), ("autoencoder", "shared", False)])
+def test_the_pool_waits_on_a_shared_autoencoder_only_for_cells_that_load_one(
+        model, autoencoder, loads, tmp_path, monkeypatch):
+    from memstudy.pipeline.executors import shared_stage1
+
+    monkeypatch.setenv("MEMSTUDY_CACHE", str(tmp_path))
+    path = shared_stage1({"model": model, "autoencoder": autoencoder})
+    assert (path is not None) == loads
+    if loads:  # the file the training loop writes, in the cache
+        assert path.startswith(str(tmp_path)) and path.endswith(".pt")

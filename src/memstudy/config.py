@@ -261,6 +261,12 @@ class RunConfig:
         return self.dataset == "cohort" or self.show_patient_images
 
     @property
+    def loads_shared_stage1(self) -> bool:
+        """Whether the cell loads the cached shared autoencoder (``autoencoder: shared``); the
+        GAN and the pixel model have no stage 1, and the autoencoder family is its own."""
+        return self.autoencoder == "shared" and self.model not in ("gan", "pixel_dm", "autoencoder")
+
+    @property
     def eval_steps(self) -> tuple[int, ...]:
         """Sorted training lengths at which the model is sampled and measured."""
         if self.model in ("autoencoder", "control_positive", "control_negative"):

@@ -288,7 +288,7 @@ def make_training(cfg: RunConfig, train: torch.Tensor, device: str, run_dir: Pat
             ae = train_autoencoder(cfg, train, device, run_dir, progress)
         return AutoencoderPrior(cfg, ae, train, device)
     with part("stage1"):
-        if cfg.autoencoder == "shared":  # trained once on reference patients, cached
+        if cfg.loads_shared_stage1:  # trained once on reference patients, cached
             ae, _ = shared_autoencoder(cfg, device, progress)
         else:
             ae = train_autoencoder(cfg, train, device, run_dir, progress)

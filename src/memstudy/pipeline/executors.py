@@ -239,7 +239,7 @@ def shared_stage1(params: dict[str, Any], device: str = "cpu") -> str | None:
     from ..config import RunConfig
 
     cfg = RunConfig.from_params(params)
-    if cfg.autoencoder != "shared" or cfg.model in ("gan", "pixel_dm", "autoencoder"):
+    if not cfg.loads_shared_stage1:
         return None
     from ..models.shared import shared_key
     from ..runio import cache_file
