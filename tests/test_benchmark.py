@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from memstudy.validation.planted import (CHANGES, KINDS, NOVEL, PATIENT, build_sets, detector_metrics, main, run_benchmark)
-from memstudy.validation.summary import summarize
+from memstudy.validation.summary import auc_by_change, summarize
 
 SMALL = dict(image_size=32, n_train=16, n_holdout=16, n_per_change=8, n_novel=16, seed=3,
              decode_steps=2)
@@ -155,6 +155,21 @@ def test_summary_intervals_and_paired_test_on_hand_built_scores():
     rec = paired[(paired.detector == "b") & (paired.metric == "recall")].iloc[0]
     assert rec["diff"] == pytest.approx(0.5) and rec.lo > 0 and rec.p < 0.01
     assert set(recall.kind) == {"shift", "flip", NOVEL}
+
+
+def test_auc_by_change_separates_each_kind_from_novel_on_its_own():
+    """Shifted copies score above every novel slice, flipped ones like novel slices, decoded
+    ones below: AUCs 1, about 0.5 and 0, each kind judged alone against the same novel slices."""
+    rng = np.random.default_rng(0)
+    level = {"shift": 2.0, "flip": 1.0, "decoded": 0.0, NOVEL: 1.0}
+    rows = [{"detector": "a", "seed": seed, "query": i, "kind": kind, "patient_id": p,
+             "sim": level[kind] + 0.5 * rng.random()}
+            for seed in (0, 1) for p in range(30) for i, kind in enumerate(level)]
+    got = auc_by_change(pd.DataFrame(rows), n_boot=300).set_index("kind")
+    assert list(got.index) == ["shift", "flip", "decoded"]  # novel is the negative, not a row
+    assert got.loc["shift", "auc"] == 1 and got.loc["decoded", "auc"] == 0
+    flip = got.loc["flip"]
+    assert 0.35 < flip.auc < 0.65 and flip.lo < 0.5 < flip.hi
 
 
 def test_a_small_run_writes_every_file(tmp_path):

@@ -31,11 +31,12 @@ def _rate(rows: pd.DataFrame, n_boot: int) -> dict:
     return rate_with_interval(rows.flagged.to_numpy(bool), _groups(rows), n_boot, seed=0)
 
 
-def _auc(rows: pd.DataFrame, n_boot: int) -> dict:
-    """Copies vs novel: the mean over seeds of each seed's AUC, with bootstrap draws."""
+def _auc(rows: pd.DataFrame, n_boot: int, positive: tuple[str, ...] = CHANGES) -> dict:
+    """Copies (of the kinds ``positive``) vs novel: the mean over seeds of each seed's AUC,
+    with bootstrap draws."""
     aucs, draws = [], []
     for seed, part in rows.groupby("seed", sort=True):
-        pos, neg = part[part.kind.isin(CHANGES)], part[part.kind == NOVEL]
+        pos, neg = part[part.kind.isin(positive)], part[part.kind == NOVEL]
         found = auc_with_interval(pos.sim.to_numpy(), neg.sim.to_numpy(), _groups(pos),
                                   _groups(neg), n_boot, seed=int(seed))
         aucs.append(found["auc"])
@@ -106,3 +107,24 @@ def summarize(scores: pd.DataFrame, nominal_fpr: float, reference: str | None = 
                            "diff": base[reference] - base[det], "lo": lo, "hi": hi,
                            "p": float(p)})
     return pd.DataFrame(rows), pd.DataFrame(recall_rows), pd.DataFrame(paired)
+
+
+def auc_by_change(scores: pd.DataFrame, n_boot: int = N_BOOT) -> pd.DataFrame:
+    """ROC-AUC of each kind of query against the novel slices, per detector, with intervals.
+
+    Recall at tau asks whether a copy clears one threshold; this asks whether the kind can be
+    told from new patients by *any* threshold of the detector. A kind that every detector
+    separates poorly is a limit of the rulers (or of how much of the patient the change
+    leaves), not of a tau: no recalibration will catch it.
+
+    Returns one row per (detector, kind): ``auc``, ``lo``, ``hi``.
+    """
+    rows = []
+    for det, mine in scores.groupby("detector", sort=False):
+        for kind in CHANGES + (PATIENT,):
+            if not (mine.kind == kind).any():
+                continue
+            found = _auc(mine, n_boot, positive=(kind,))
+            rows.append({"detector": det, "kind": kind, "auc": found["auc"], "lo": found["lo"],
+                         "hi": found["hi"]})
+    return pd.DataFrame(rows)
