@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -37,7 +39,8 @@ def pairwise_ssim_matrix(query: torch.Tensor, ref: torch.Tensor, data_range: flo
     Kept as the reference that ``python -m memstudy.validation.ssim_speed`` times the new one
     against; it filters ``q * r`` for every pair with two small matrix products, which a CPU
     runs at a small fraction of its matrix rate (149 s for 600 x 400 pairs at 64 px on 2 cores
-    when the issue was filed; 61 s against the current one's 29 s, side by side, 2026-12-05).
+    when the issue was filed; side by side on 2026-12-05, 54-61 s against the current one's
+    9.5-10.3 s, 5.3-6.4x).
     """
     _check(query, ref, window_size)
     window = _gaussian_window(window_size, sigma).to(query.device)
@@ -74,9 +77,15 @@ def _check(query: torch.Tensor, ref: torch.Tensor, window_size: int) -> None:
 
 
 def _windows(x: torch.Tensor, rows: slice, size: int, weight: torch.Tensor) -> torch.Tensor:
-    """The windows whose top rows are ``rows``, weighted: (L, N, size * size) for N images."""
+    """The windows whose top rows are ``rows``, weighted: (L, N, size * size) for N images.
+
+    Contiguous, so that each window position's (N, K) matrix goes to the matrix product as it
+    is (a strided view would be copied inside every one of the L products); the weighting
+    writes that layout in the same pass.
+    """
     band = x[:, :, rows.start:rows.stop + size - 1]
-    return (F.unfold(band, size) * weight[None, :, None]).permute(2, 0, 1)
+    windows = F.unfold(band, size).permute(2, 0, 1)  # a strided view
+    return torch.mul(windows, weight, out=torch.empty(windows.shape, device=x.device))
 
 
 @torch.no_grad()
@@ -121,25 +130,36 @@ def pairwise_ssim(query: torch.Tensor, ref: torch.Tensor, data_range: float = 1.
     k = window_size * window_size
     band = max(1, min(out_h, max_floats // (out_w * (n_q + n_r) * k)))  # window rows per band
     total = torch.zeros(n_q, n_r, device=q.device)
+    # Three (L, c, Nr) work buffers, allocated once: a fresh temporary of that size per chunk
+    # costs as much as the matrix product itself (the allocator hands it back to the system
+    # and every page faults in again), so every step below writes into one of these.
+    def chunk_of(n_l: int) -> int:  # queries per chunk, for a band of n_l window positions
+        return min(n_q, max(1, max_floats // (n_l * n_r)))
+
+    lengths = {min(band, out_h - top) * out_w for top in range(0, out_h, band)}
+    cap = max(n_l * chunk_of(n_l) * n_r for n_l in lengths)
+    bufs = [torch.empty(cap, device=q.device) for _ in range(3)]
+    offset = torch.tensor(-c2 / 2, device=q.device)
     for top in range(0, out_h, band):
         rows = slice(top, min(top + band, out_h))
         qw = _windows(q, rows, window_size, root)  # (L, Nq, K)
-        rw = _windows(r, rows, window_size, root)  # (L, Nr, K)
+        rw = _windows(r, rows, window_size, root).transpose(1, 2)  # (L, K, Nr)
         mu_q, mu_r = local(mu_q_map, rows), local(mu_r_map, rows)
         var_q, var_r = local(var_q_map, rows), local(var_r_map, rows)
-        chunk = max(1, max_floats // (qw.shape[0] * n_r))
+        n_l = qw.shape[0]
+        chunk = chunk_of(n_l)
         for start in range(0, n_q, chunk):
-            part = slice(start, start + chunk)
+            part = slice(start, min(start + chunk, n_q))
+            shape = (n_l, part.stop - start, n_r)
+            both, ssim_map, den = (b[:math.prod(shape)].view(shape) for b in bufs)
             mq, mr = mu_q[:, part, None], mu_r[:, None, :]
-            # The SSIM map of every pair, written in place: each (L, c, Nr) temporary costs as
-            # much as the matrix product itself (allocation and page faults), so there are two.
             # Both numerator factors are halved here and the 4 restored on the sums.
-            both = mq * mr
-            ssim_map = torch.baddbmm(both, qw[:, part], rw.transpose(1, 2), beta=-1)  # cov
-            ssim_map.add_(c2 / 2).mul_(both.add_(c1 / 2))  # (cov + c2/2)(mu_q mu_r + c1/2)
-            den = torch.add(mq**2 + c1, mr**2)  # mu_q^2 + mu_r^2 + c1
-            den.mul_(var_q[:, part, None] + c2 + var_r[:, None, :])
-            total[part] += ssim_map.div_(den).sum(0)
+            torch.addcmul(offset, mq, mr, out=both)  # mu_q mu_r - c2/2
+            torch.baddbmm(both, qw[:, part], rw, beta=-1, out=ssim_map)  # cov + c2/2
+            ssim_map.mul_(both.add_((c1 + c2) / 2))  # (cov + c2/2)(mu_q mu_r + c1/2)
+            torch.add(mq**2 + c1, mr**2, out=den)  # mu_q^2 + mu_r^2 + c1
+            torch.add(var_q[:, part, None] + c2, var_r[:, None, :], out=both)
+            total[part] += ssim_map.div_(den.mul_(both)).sum(0)
     return 4 * total / (out_h * out_w)
 
 
