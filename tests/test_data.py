@@ -1,5 +1,8 @@
 """Reading a local MedMNIST file: the same Sets as the cohort, or a clear error first."""
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -39,6 +42,11 @@ def test_a_bad_dataset_name_fails_at_config_time():
 
 
 def test_a_cell_runs_on_a_medmnist_file(medmnist, tmp_path):
-    metrics = run_cell(medmnist.replace(train_steps=10, ae_steps=5, encoder_steps=5, ddim_steps=5),
+    metrics = run_cell(medmnist.replace(train_steps=10, ae_steps=5, encoder_steps=5, ddim_steps=5,
+                                        detectors=("contrastive", "pixel", "trusted"),
+                                        trusted_steps=2),
                        tmp_path / "run", progress=False)
-    assert {r["detector"] for r in metrics["rows"]} == {"contrastive", "pixel"}
+    # the trusted encoder learns from the file's own reference share (half of its test images)
+    assert {r["detector"] for r in metrics["rows"]} == {"contrastive", "pixel", "trusted"}
+    key = json.loads(Path(metrics["trusted_encoder_file"]).with_suffix(".json").read_text())
+    assert key["dataset"] == "medmnist:toymnist_28" and len(key["pool"]) == 16

@@ -228,9 +228,7 @@ def test_bad_choices_fail_early_and_say_what_to_do():
         make_detector("trusted")
     with pytest.raises(ValueError, match="backbone"):
         TrustedSpec(backbone="vit")
-    with pytest.raises(ConfigError, match="reference share"):
-        RunConfig(dataset="medmnist:organamnist", detectors=("trusted",))
-    with pytest.raises(ValueError, match="reference share"):
+    with pytest.raises(ValueError, match="use reference_images"):
         reference_patients(TrustedSpec(dataset="medmnist:organamnist"))
 
 
@@ -247,3 +245,73 @@ def test_a_cell_scores_the_shared_encoder_and_a_second_cell_loads_it(tmp_path, m
 
     monkeypatch.setattr(trusted_mod, "train_trusted_encoder", fail)
     run_cell(cfg.replace(seed=1), tmp_path / "b", progress=False)  # another replicate: shared
+
+
+# --- a real data set: its own reference share -----------------------------------------------
+
+
+def _png_folder(root, n=80, per_patient=2):
+    from data_fixtures import write_png_folder
+
+    return write_png_folder(root, n=n, per_patient=per_patient)
+
+
+def test_on_real_data_the_encoder_learns_from_the_reference_share_only(tmp_path, monkeypatch):
+    from memstudy.data.sets import share_slices
+
+    root = _png_folder(tmp_path / "data")  # 40 patients of 2 images, ids from patients.csv
+    cfg = RunConfig(dataset="folder", dataset_size=4, holdout_size=4, num_gen=2,
+                    slices_per_patient=2, detectors=("trusted", "pixel"), trusted_steps=1)
+    spec = spec_for_config(cfg, root=root)
+    assert spec.dataset == "folder" and len(spec.pool) == 16
+    seen = {}
+
+    def spy(spec_, reference, device="cpu", progress=False):
+        seen["images"] = reference
+        return trusted_mod.build_backbone(spec_.backbone, spec_.dim, spec_.image_size), []
+
+    monkeypatch.setattr(trusted_mod, "train_trusted_encoder", spy)
+    trusted_detector(spec, root=root)
+    # what it learned from is exactly the reference share, every image of it
+    share = share_slices(cfg.replace(slices_per_patient=spec.slices, dataset_size=spec.slices),
+                         "reference", 10_000, by_seed=False, up_to=True, root=root)
+    assert torch.equal(seen["images"], torch.from_numpy(share.images))
+    split = load_sets(cfg, root=root).split
+    assert set(share.patient_id) == set(split["reference"].tolist())
+    for part in ("train", "holdout", "test"):  # no cell's patient, whatever it draws
+        assert not set(share.patient_id) & set(split[part].tolist()), part
+    for seed in range(3):
+        sets = load_sets(cfg.replace(seed=seed, dataset_size=8), root=root)
+        for drawn in (sets.train, sets.holdout):
+            assert not set(drawn.patient_id) & set(share.patient_id)
+
+
+def test_a_real_pool_key_follows_its_files_not_its_folders_path(tmp_path):
+    import shutil
+
+    root = _png_folder(tmp_path / "a")
+    cfg = RunConfig(dataset="folder", dataset_size=4, holdout_size=4, num_gen=2,
+                    slices_per_patient=2, detectors=("trusted",))
+    spec = spec_for_config(cfg, root=root)
+    key = cache_file("trusted_encoder", spec.key())
+    moved = shutil.copytree(root, tmp_path / "elsewhere")
+    assert cache_file("trusted_encoder", spec_for_config(cfg, root=moved).key()) == key
+    assert spec_for_config(cfg.replace(data_seed=1), root=root).pool != spec.pool  # another split
+    assert cache_file("trusted_encoder", TrustedSpec().key()) != key  # not the cohort's
+    # a reference-share file changes (same name, other size): another encoder, and the old
+    # spec refuses to train on the changed share rather than cache it under the old key
+    from memstudy.data.sets import share_slices
+
+    train_patient = int(load_sets(cfg, root=moved).train.patient_id[0])
+    reference_patient = int(share_slices(cfg, "reference", 1, by_seed=False, root=moved).patient_id[0])
+    for patient, counts in ((train_patient, False), (reference_patient, True)):
+        image = moved / f"scan_{2 * patient:03d}.png"  # patient k (P0kk) owns scans 2k and 2k+1
+        image.write_bytes(image.read_bytes() + b"\0" * 16)
+        assert (spec_for_config(cfg, root=moved).pool != spec.pool) is counts, patient
+    with pytest.raises(ConfigError, match="not the one this TrustedSpec was made for"):
+        reference_images(spec, root=moved)
+
+
+def test_a_cohort_key_is_unchanged_by_the_pool_field():
+    assert "pool" not in TrustedSpec().key()  # cached cohort encoders keep their files
+    assert TrustedSpec(pool="abc").key()["pool"] == "abc"

@@ -167,10 +167,6 @@ class RunConfig:
         _choice("prediction_type", self.prediction_type, PREDICTION_TYPES)
         _choice("autoencoder", self.autoencoder, AUTOENCODERS)
         _choice("trusted_backbone", self.trusted_backbone, TRUSTED_BACKBONES)
-        if "trusted" in self.detectors and self.dataset != "cohort":
-            raise ConfigError(f"detector 'trusted' learns from the pool's reference share, which "
-                              f"dataset={self.dataset!r} does not have: drop it from detectors "
-                              "(use 'contrastive') or use dataset='cohort'.")
         _choice("unet_preset", self.unet_preset, UNET_PRESETS)
         for name in self.detectors:
             _choice("detectors", name, DETECTORS)

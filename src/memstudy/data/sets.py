@@ -7,6 +7,7 @@ set of a smaller one, so the dataset-size axis adds patients and changes nothing
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -180,6 +181,44 @@ def share_slices(cfg: RunConfig, share: str, n: int, salt: int = 0, skip: int = 
                  f"{split_from})", pool.root, "lower num_gen, or add patients (or give a "
                  f"{SPLIT_FILE} with a larger '{share}' share).")
     return _draw(pool, order[first:], n, cfg)[0]
+
+
+def share_fingerprint(cfg: RunConfig, share: str, root=None) -> str:
+    """Who a share of a real data set's pool is, as a short hash: its patients' keys and files.
+
+    A ruler cached for a share (the trusted encoder) must not be reused when the share changes
+    (other files in the folder, another split file), yet should survive copying the folder
+    elsewhere: so the hash covers each patient's key and its files' names relative to the
+    data folder and sizes, and the folder's other top-level files (a MedMNIST ``.npz``, an
+    index CSV, a split file) by name and size, not the folder's path. No pixels are read.
+    """
+    pool, split, _ = _real_pool(cfg, root)
+    digest = hashlib.sha256(cfg.dataset.encode())
+    images = {os.fspath(part) for p in pool.patients for item in p.items
+              for part in (item if isinstance(item, tuple) else (item,))
+              if isinstance(part, os.PathLike)}
+    for path in sorted(pool.root.iterdir()):  # the files that are no patient's image
+        if path.is_file() and not path.name.startswith(".") and os.fspath(path) not in images:
+            digest.update(f"|{_describe_part(path, pool.root)}".encode())
+    for i in split[share]:
+        patient = pool.patients[i]
+        digest.update(f"\n{patient.key}".encode())
+        for item in patient.items:
+            for part in item if isinstance(item, tuple) else (item,):
+                digest.update(f"|{_describe_part(part, pool.root)}".encode())
+    return digest.hexdigest()[:16]
+
+
+def _describe_part(part, root) -> str:
+    """A file as its name under ``root`` and its size; anything else (a row number) as text."""
+    if isinstance(part, os.PathLike) and os.path.isfile(part):
+        path = os.fspath(part)
+        try:
+            name = os.path.relpath(path, root)
+        except ValueError:  # another drive (Windows): the name alone
+            name = os.path.basename(path)
+        return f"{name}:{os.path.getsize(path)}"
+    return repr(part)
 
 
 def _real_pool(cfg: RunConfig, root):

@@ -9,7 +9,9 @@ along the dataset-size axis because its training set does. This one:
 - learns from patients no cell ever draws: the pool's **reference** share
   (:data:`memstudy.config.SPLITS`), topped up to 1,000 patients with generated patients whose
   ids lie beyond every pool (:data:`memstudy.config.DETECTOR_POOL_FIRST_ID`), several slices
-  each, so it never saw a training, holdout or test patient of any cell. Ninety patients (the
+  each, so it never saw a training, holdout or test patient of any cell. (A real data set gives
+  its own reference share, as many patients as it holds: no generated patient looks like its
+  images.) Ninety patients (the
   reference share of a 600-patient pool) were too few: the encoder learned their outlines, and
   copies warped or decoded beyond what it had seen looked like other patients to it (GPU sweep
   of 2026-12-04 on the planted-copy benchmark, 3 seeds, 2,000 steps, 90 -> 1,000 patients: at
@@ -58,7 +60,7 @@ AE_STEPS = 400
 class TrustedSpec:
     """Everything the trusted encoder depends on; its fields are the cache key."""
 
-    dataset: str = "cohort"  # only the generated cohort has a reference share of patients yet
+    dataset: str = "cohort"  # the generated cohort, or a real 2D data set (its reference share)
     image_size: int = 32
     data_seed: int = 0  # the pool: its anatomy and its patient split
     cohort_patients: int = 600  # pool size; the reference share is SPLIT_FRACTIONS of it
@@ -75,6 +77,8 @@ class TrustedSpec:
     ae_steps: int = 400  # the round-trip autoencoder's steps (0: no decoded views)
     seed: int = 0  # initialisation and batches
     views: ViewSpec = field(default_factory=ViewSpec)
+    pool: str = ""  # a real data set's reference share, as memstudy.data.sets.share_fingerprint
+    #                 (its patients and files): another folder's share is another encoder
 
     def __post_init__(self) -> None:
         if self.backbone not in BACKBONES:
@@ -94,8 +98,15 @@ class TrustedSpec:
         return cls(steps=steps, ae_steps=min(steps, AE_STEPS), **fields)
 
     def key(self) -> dict:
-        """The cache key: every field, and the version of the training code."""
-        return {**dataclasses.asdict(self), "version": CACHE_VERSION}
+        """The cache key: every field, and the version of the training code.
+
+        ``pool`` only when set (a real data set), so the generated cohort's encoders keep the
+        keys, and the cache files, they had before real data sets could have one.
+        """
+        key = {**dataclasses.asdict(self), "version": CACHE_VERSION}
+        if not self.pool:
+            del key["pool"]
+        return key
 
 
 # --------------------------------------------------------------------------------------------
@@ -160,22 +171,27 @@ def reference_patients(spec: TrustedSpec) -> np.ndarray:
     from ..data.splits import split_patients
 
     if spec.dataset != "cohort":
-        raise ValueError(
-            f"the trusted detector learns from the pool's reference share, and dataset="
-            f"{spec.dataset!r} has none yet (only the generated cohort does). Use the "
-            "'contrastive' detector for this data set, or add a reference share to its loader.")
+        raise ValueError(f"reference_patients numbers the generated cohort's patients; dataset="
+                         f"{spec.dataset!r} is read from files: use reference_images(spec).")
     share = split_patients(np.arange(spec.cohort_patients), seed=spec.data_seed)["reference"]
     extra = np.arange(DETECTOR_POOL_FIRST_ID,
                       DETECTOR_POOL_FIRST_ID + max(0, spec.patients - len(share)))
     return np.concatenate([share, extra])[:spec.patients]
 
 
-def reference_images(spec: TrustedSpec) -> torch.Tensor:
-    """``spec.slices`` slices of every reference patient, (N, 1, H, W) in [0, 1]."""
+def reference_images(spec: TrustedSpec, root=None) -> torch.Tensor:
+    """``spec.slices`` slices of every reference patient, (N, 1, H, W) in [0, 1].
+
+    A real data set (read from ``root``, default ``$MEMSTUDY_DATA``) gives its own reference
+    share, up to ``spec.patients`` patients: it cannot be topped up with generated patients,
+    whose anatomy is not the data set's.
+    """
     from ..data.cohort import make_cohort
 
     from ..config import DETECTOR_POOL_FIRST_ID
 
+    if spec.dataset != "cohort":
+        return _real_reference_images(spec, root)
     ids = reference_patients(spec)
     share, beyond = ids[ids < DETECTOR_POOL_FIRST_ID], ids[ids >= DETECTOR_POOL_FIRST_ID]
     # the share's ids are scattered over the pool; the patients beyond it are consecutive
@@ -185,6 +201,36 @@ def reference_images(spec: TrustedSpec) -> torch.Tensor:
         parts.append(make_cohort(len(beyond), spec.image_size, spec.slices, seed=spec.data_seed,
                                  first_patient=int(beyond[0])).images)
     return torch.from_numpy(np.concatenate(parts))
+
+
+def _reader_config(spec: TrustedSpec):
+    """The reader's settings for the reference slices of a real data set: the spec's data set,
+    size and split seed, ``spec.slices`` images per patient spread over each volume."""
+    from ..config import RunConfig
+
+    return RunConfig(dataset=spec.dataset, image_size=spec.image_size, data_seed=spec.data_seed,
+                     slices_per_patient=spec.slices, dataset_size=spec.slices,
+                     holdout_size=spec.slices, detectors=("pixel",))
+
+
+def _real_reference_images(spec: TrustedSpec, root) -> torch.Tensor:
+    from ..data.readers import DataError
+    from ..data.sets import share_fingerprint, share_slices
+
+    cfg = _reader_config(spec)
+    found = share_fingerprint(cfg, "reference", root)
+    if spec.pool and found != spec.pool:  # the spec (and its cache key) names another share
+        raise DataError(f"the reference share of {spec.dataset!r} in the data folder is not the "
+                        f"one this TrustedSpec was made for (pool {spec.pool}, found {found}): "
+                        "build the spec again with spec_for_config(cfg) for this folder.")
+    images = share_slices(cfg, "reference", spec.patients * spec.slices, by_seed=False,
+                          up_to=True, root=root)
+    n = len(np.unique(images.patient_id))
+    print(f"trusted encoder: {len(images)} images of {n} reference-share patients of "
+          f"{spec.dataset!r}" + (f" (fewer than the {spec.patients} a cohort encoder learns from: "
+                                 "its recall on changed copies may be lower)" if n < spec.patients
+                                 else ""), file=sys.stderr)
+    return torch.from_numpy(images.images)
 
 
 def _autoencoder(device: str):
@@ -289,7 +335,7 @@ def train_trusted_encoder(spec: TrustedSpec, reference: torch.Tensor, device: st
     if spec.ae_steps > 0 and spec.views.p_decode > 0:
         ae_key = {k: v for k, v in spec.key().items() if k in (
             "dataset", "image_size", "data_seed", "cohort_patients", "patients", "slices",
-            "ae_steps", "seed")}
+            "ae_steps", "seed", "pool")}
         decoders = train_round_trip_autoencoders(
             reference, spec.ae_steps, spec.seed, device, snapshots=AE_SNAPSHOTS,
             cache=cache_file("trusted_round_trip_ae", {**ae_key, "version": AE_VERSION,
@@ -325,17 +371,27 @@ def train_trusted_encoder(spec: TrustedSpec, reference: torch.Tensor, device: st
     return encoder.eval(), losses
 
 
-def spec_for_config(cfg) -> TrustedSpec:
+def spec_for_config(cfg, root=None) -> TrustedSpec:
     """The trusted encoder a :class:`~memstudy.config.RunConfig` asks for: one per pool, size and
-    budget, the same for every cell and replicate seed of a grid (hence shared)."""
+    budget, the same for every cell and replicate seed of a grid (hence shared).
+
+    For a real data set the pool is its reference share in ``root`` (default
+    ``$MEMSTUDY_DATA``), fingerprinted so that another folder gets another encoder.
+    """
+    fields = {}
+    if cfg.dataset != "cohort":
+        from ..data.sets import share_fingerprint
+
+        spec = TrustedSpec(dataset=cfg.dataset, image_size=cfg.image_size, data_seed=cfg.data_seed)
+        fields["pool"] = share_fingerprint(_reader_config(spec), "reference", root)
     return TrustedSpec.with_budget(cfg.trusted_steps, dataset=cfg.dataset,
                                    image_size=cfg.image_size, data_seed=cfg.data_seed,
                                    cohort_patients=cfg.cohort_patients,
-                                   backbone=cfg.trusted_backbone, dim=cfg.encoder_dim)
+                                   backbone=cfg.trusted_backbone, dim=cfg.encoder_dim, **fields)
 
 
 def trusted_detector(spec: TrustedSpec, device: str = "cpu", progress: bool = False,
-                     reference: torch.Tensor | None = None) -> TrustedDetector:
+                     reference: torch.Tensor | None = None, root=None) -> TrustedDetector:
     """The trusted detector of ``spec``: loaded from the cache, or trained once and cached.
 
     Parameters
@@ -344,6 +400,7 @@ def trusted_detector(spec: TrustedSpec, device: str = "cpu", progress: bool = Fa
     device : where to train and embed.
     reference : the images to learn from; default :func:`reference_images` of ``spec``.
         Only a test should pass its own.
+    root : a real data set's folder (default ``$MEMSTUDY_DATA``), read only to train.
     """
     from ..models.shared import locked
 
@@ -354,7 +411,7 @@ def trusted_detector(spec: TrustedSpec, device: str = "cpu", progress: bool = Fa
         if path.exists():  # trained by an earlier cell or benchmark: the pool is not generated
             encoder.load_state_dict(torch.load(path, map_location=device))
             return TrustedDetector(encoder, spec, device)
-        reference = reference_images(spec) if reference is None else reference
+        reference = reference_images(spec, root) if reference is None else reference
         encoder, losses = train_trusted_encoder(spec, reference, device, progress)
         save_atomic(lambda p: torch.save(encoder.state_dict(), p), path)
     return TrustedDetector(encoder, spec, device)

@@ -45,7 +45,7 @@ from ..metrics.membership import attack, denoising_losses
 from ..models.controls import UNSEEN_SALT, null_set
 from ..models.networks import build_train_scheduler
 from ..detect.neighbors import pearson_rows
-from ..runio import (environment, is_complete, read_json, read_jsonl, results_root, run_lock,
+from ..runio import (cache_file, environment, is_complete, read_json, read_jsonl, results_root, run_lock,
                      save_atomic, write_json_atomic, write_progress)
 from ..models.train import Autoencoder, DiffusionTraining, make_training, resolve_device
 from ..timing import Profile, part
@@ -155,7 +155,9 @@ def _run_cell(cfg: RunConfig, run_dir: Path, progress: bool) -> dict:
     metrics = {"rows": rows, "model": cfg.model, "autoencoder_recon_pearson_holdout": recon_r,
                "config_digest": cfg.digest(), "device": device,
                "wall_s_this_session": round(time.perf_counter() - tic, 1),
-               "profile_s": prof.stop(), "autoencoder_file": str(getattr(space, "source", None) or "")}
+               "profile_s": prof.stop(), "autoencoder_file": str(getattr(space, "source", None) or ""),
+               # which shared ruler judged this cell (its key sits beside it, <file>.json)
+               "trusted_encoder_file": str(cache_file("trusted_encoder", trusted.key())) if trusted else ""}
     write_json_atomic(run_dir / "metrics.json", metrics)  # last: marks the cell complete
     return metrics
 
