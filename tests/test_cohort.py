@@ -45,6 +45,30 @@ def test_a_patient_does_not_depend_on_the_cohort_it_is_generated_in():
     np.testing.assert_array_equal(part.slice_index, whole.slice_index[rows])
 
 
+def test_a_random_contrast_changes_the_tissue_means_and_nothing_else():
+    import dataclasses
+    import pickle
+
+    from memstudy.data.phantom import draw_patient
+
+    tables = []
+    for patient in range(20):
+        t2, other = (draw_patient(patient, 0, 0.3, c) for c in ("t2", "random"))
+        for part in ("head", "cortex", "deep", "lesion"):  # the same anatomy, exactly
+            assert pickle.dumps(getattr(t2, part)) == pickle.dumps(getattr(other, part)), part
+        assert (pickle.dumps(dataclasses.replace(t2.scanner, tissue=None))
+                == pickle.dumps(dataclasses.replace(other.scanner, tissue=None)))
+        assert other.scanner.tissue.keys() == t2.scanner.tissue.keys()
+        tables.append(other.scanner.tissue)
+    csf_brighter = [t["csf"] > t["white"] for t in tables]
+    assert 0 < sum(csf_brighter) < len(tables)  # not one fixed order of the tissues
+    a, b = (make_cohort(2, 32, 2, seed=0, contrast=c) for c in ("t2", "random"))
+    assert not np.allclose(a.images, b.images)
+    np.testing.assert_array_equal(a.has_lesion, b.has_lesion)
+    with pytest.raises(ValueError, match="contrast must be one of"):
+        make_cohort(1, 32, contrast="pd")
+
+
 # ----------------------------------------------------------- shapes and ranges
 
 

@@ -312,6 +312,21 @@ def test_a_real_pool_key_follows_its_files_not_its_folders_path(tmp_path):
         reference_images(spec, root=moved)
 
 
-def test_a_cohort_key_is_unchanged_by_the_pool_field():
-    assert "pool" not in TrustedSpec().key()  # cached cohort encoders keep their files
+def test_fields_newer_than_the_key_count_only_when_set():
+    key = TrustedSpec().key()
+    assert "pool" not in key and "random_contrast" not in key  # cached encoders keep their files
     assert TrustedSpec(pool="abc").key()["pool"] == "abc"
+    assert TrustedSpec(random_contrast=0.5).key()["random_contrast"] == 0.5
+
+
+def test_a_random_contrast_share_renders_that_share_of_reference_patients_in_their_own():
+    small = dict(cohort_patients=40, patients=8, slices=2)
+    t2 = reference_images(TrustedSpec(**small)).reshape(8, 2, -1)
+    mixed = reference_images(TrustedSpec(random_contrast=0.5, **small)).reshape(8, 2, -1)
+    same = [torch.equal(a, b) for a, b in zip(t2, mixed)]
+    assert same == [True, False] * 4  # every other patient, spread over the list
+    every = reference_images(TrustedSpec(random_contrast=1.0, **small)).reshape(8, 2, -1)
+    assert not any(torch.equal(a, b) for a, b in zip(t2, every))
+    assert torch.equal(every[1::2], mixed[1::2])  # a patient's own contrast is its own, fixed
+    with pytest.raises(ValueError, match="random_contrast"):
+        TrustedSpec(random_contrast=1.5)

@@ -120,6 +120,7 @@ def make_cohort(
     lesion_fraction: float = 0.3,
     first_patient: int = 0,
     slice_spacing: float = 0.0,
+    contrast: str = "t2",
 ) -> Cohort:
     """Generate axial slices of patients ``first_patient .. first_patient + n_patients - 1``.
 
@@ -145,6 +146,10 @@ def make_cohort(
     slice_spacing : float
         Distance between neighbouring slices (normalised z); 0 spreads them over the whole
         range (see :func:`slice_positions`).
+    contrast : str
+        ``"t2"`` (the study's look), another sequence's table (``"t1"``, ``"flair"``), or
+        ``"random"``: each patient's tissues get means of their own. The anatomy is the same
+        in every contrast (see :data:`memstudy.data.phantom.CONTRASTS`).
 
     Returns
     -------
@@ -163,7 +168,7 @@ def make_cohort(
     lesion = np.zeros((n_patients, slices_per_patient), dtype=bool)
     with single_threaded_blas():
         for i in range(n_patients):
-            patient = draw_patient(first_patient + i, seed, lesion_fraction)
+            patient = draw_patient(first_patient + i, seed, lesion_fraction, contrast)
             # Pixel noise comes from its own stream so that it never shifts the anatomy.
             rng = np.random.default_rng([seed, first_patient + i, 1])
             images[i, :, 0] = render(patient, z, image_size, rng)

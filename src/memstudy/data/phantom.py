@@ -39,7 +39,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-__all__ = ["Z_RANGE", "draw_patient", "lesion_on_slice", "pixel_centres", "render", "single_threaded_blas"]
+__all__ = ["CONTRASTS", "Z_RANGE", "draw_patient", "lesion_on_slice", "pixel_centres", "render", "single_threaded_blas"]
 
 #: Heights (normalised z) of the lowest and highest slice of each patient:
 #: from the basal ganglia to just above the lateral ventricles.
@@ -312,15 +312,34 @@ class _Patient:
     scanner: _Scanner
 
 
-def draw_patient(patient: int, seed: int, lesion_fraction: float) -> _Patient:
+#: Other sequences' tables, for asking whether a ruler learned on one contrast carries to
+#: another (the planted-copy benchmark's ``--contrast``): T1-weighted-like (CSF dark, white
+#: matter brighter than gray, lesions dark) and FLAIR-like (T2 with the CSF suppressed).
+_TABLES = {
+    "t2": _TISSUE,
+    "t1": {**_TISSUE, "scalp": 0.85, "csf": 0.12, "gray": 0.45, "white": 0.68, "deep_gray": 0.5,
+           "falx": 0.1, "lesion_rim": 0.3, "lesion_core": 0.2, "edema": 0.35},
+    "flair": {**_TISSUE, "scalp": 0.7, "csf": 0.08, "gray": 0.62, "white": 0.45,
+              "deep_gray": 0.55, "lesion_rim": 0.9, "lesion_core": 0.7, "edema": 0.8},
+}
+#: Contrasts a patient can be rendered in: a named table, or ``random``, a table of its own
+#: (every tissue's mean drawn uniformly), for rulers that must not depend on one contrast.
+CONTRASTS = (*_TABLES, "random")
+
+
+def draw_patient(patient: int, seed: int, lesion_fraction: float,
+                 contrast: str = "t2") -> _Patient:
     """Draw all random parameters of one patient.
 
     The generator is seeded by ``(seed, patient)`` only, so a patient is the
     same whichever cohort it is generated in. The draws come in a fixed
     order and the lesion is drawn last and always (``lesion_fraction`` only
     decides whether it is shown), so changing the fraction never changes
-    anyone's anatomy.
+    anyone's anatomy. ``contrast="random"`` draws the tissue means from a
+    stream of their own, so it changes the look and never the anatomy.
     """
+    if contrast not in CONTRASTS:
+        raise ValueError(f"contrast must be one of {CONTRASTS}, got {contrast!r}")
     if seed < 0 or patient < 0:
         raise ValueError(f"seed and patient must be >= 0, got seed={seed}, patient={patient}")
     rng = np.random.default_rng([seed, patient])
@@ -386,7 +405,11 @@ def draw_patient(patient: int, seed: int, lesion_fraction: float) -> _Patient:
         nuclei=nuclei,
     )
 
-    tissue = {name: value + rng.normal(0.0, 0.035) for name, value in _TISSUE.items()}
+    table = _TABLES.get(contrast, _TISSUE)  # same keys, same order: the same draws follow
+    tissue = {name: value + rng.normal(0.0, 0.035) for name, value in table.items()}
+    if contrast == "random":  # another sequence, another scanner: any order of the tissues
+        own = np.random.default_rng([seed, patient, 2])
+        tissue = {name: float(own.uniform(0.05, 0.95)) for name in _TISSUE}
     scanner = _Scanner(
         tissue=tissue,
         texture=_random_waves(rng, 24, 18.0, 40.0),

@@ -56,6 +56,9 @@ AE_SNAPSHOTS = (0.25, 0.5, 1.0)
 AE_STEPS = 400
 
 
+_ADDED_FIELDS = {"pool": "", "random_contrast": 0.0}  # TrustedSpec fields newer than the key
+
+
 @dataclass(frozen=True)
 class TrustedSpec:
     """Everything the trusted encoder depends on; its fields are the cache key."""
@@ -79,6 +82,9 @@ class TrustedSpec:
     views: ViewSpec = field(default_factory=ViewSpec)
     pool: str = ""  # a real data set's reference share, as memstudy.data.sets.share_fingerprint
     #                 (its patients and files): another folder's share is another encoder
+    random_contrast: float = 0.0  # share of the generated reference patients rendered in a
+    #                 contrast of their own (memstudy.data.phantom.CONTRASTS), so that the
+    #                 encoder learns anatomy rather than one table of tissue intensities
 
     def __post_init__(self) -> None:
         if self.backbone not in BACKBONES:
@@ -87,9 +93,9 @@ class TrustedSpec:
 
         check_pool_size(self.cohort_patients)
         if (self.image_size < 16 or self.steps < 1 or self.batch_size < 2 or self.patients < 1
-                or self.slices < 1):
-            raise ValueError(f"need image_size >= 16, steps >= 1, batch_size >= 2, patients >= 1 "
-                             f"and slices >= 1: {self}")
+                or self.slices < 1 or not 0 <= self.random_contrast <= 1):
+            raise ValueError(f"need image_size >= 16, steps >= 1, batch_size >= 2, patients >= 1, "
+                             f"slices >= 1 and 0 <= random_contrast <= 1: {self}")
 
     @classmethod
     def with_budget(cls, steps: int, **fields) -> "TrustedSpec":
@@ -100,12 +106,13 @@ class TrustedSpec:
     def key(self) -> dict:
         """The cache key: every field, and the version of the training code.
 
-        ``pool`` only when set (a real data set), so the generated cohort's encoders keep the
-        keys, and the cache files, they had before real data sets could have one.
+        Fields added since the key's version (:data:`_ADDED_FIELDS`) count only when set,
+        so the encoders cached before they existed keep their keys and files.
         """
         key = {**dataclasses.asdict(self), "version": CACHE_VERSION}
-        if not self.pool:
-            del key["pool"]
+        for name, default in _ADDED_FIELDS.items():
+            if key[name] == default:
+                del key[name]
         return key
 
 
@@ -188,18 +195,16 @@ def reference_images(spec: TrustedSpec, root=None) -> torch.Tensor:
     """
     from ..data.cohort import make_cohort
 
-    from ..config import DETECTOR_POOL_FIRST_ID
-
     if spec.dataset != "cohort":
         return _real_reference_images(spec, root)
     ids = reference_patients(spec)
-    share, beyond = ids[ids < DETECTOR_POOL_FIRST_ID], ids[ids >= DETECTOR_POOL_FIRST_ID]
-    # the share's ids are scattered over the pool; the patients beyond it are consecutive
+    # Patient j is drawn in a contrast of its own when the running count of
+    # random_contrast * j steps up: that share, spread evenly over the list.
+    steps_up = np.diff(np.floor(spec.random_contrast * np.arange(len(ids) + 1))) > 0
+    contrast = np.where(steps_up, "random", "t2")
     parts = [make_cohort(1, spec.image_size, spec.slices, seed=spec.data_seed,
-                         first_patient=int(p)).images for p in share]
-    if len(beyond):
-        parts.append(make_cohort(len(beyond), spec.image_size, spec.slices, seed=spec.data_seed,
-                                 first_patient=int(beyond[0])).images)
+                         first_patient=int(p), contrast=str(c)).images
+             for p, c in zip(ids, contrast)]
     return torch.from_numpy(np.concatenate(parts))
 
 
@@ -335,7 +340,7 @@ def train_trusted_encoder(spec: TrustedSpec, reference: torch.Tensor, device: st
     if spec.ae_steps > 0 and spec.views.p_decode > 0:
         ae_key = {k: v for k, v in spec.key().items() if k in (
             "dataset", "image_size", "data_seed", "cohort_patients", "patients", "slices",
-            "ae_steps", "seed", "pool")}
+            "ae_steps", "seed", "pool", "random_contrast")}
         decoders = train_round_trip_autoencoders(
             reference, spec.ae_steps, spec.seed, device, snapshots=AE_SNAPSHOTS,
             cache=cache_file("trusted_round_trip_ae", {**ae_key, "version": AE_VERSION,

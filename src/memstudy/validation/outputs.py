@@ -19,9 +19,14 @@ def _write_table(df: pd.DataFrame, stem: Path) -> None:
 
 
 def _source(params: dict) -> str:
-    return (f"memstudy validate seeds={','.join(map(str, params['seeds']))} "
+    text = (f"memstudy validate seeds={','.join(map(str, params['seeds']))} "
             f"{params['image_size']}px n_train={params['n_train']} "
             f"trusted_steps={params['trusted_steps']}")
+    if params.get("contrast", "t2") != "t2":  # settings older runs lack, named when not default
+        text += f" contrast={params['contrast']}"
+    if params.get("trusted_random_contrast", 0.0):
+        text += f" trusted_random_contrast={params['trusted_random_contrast']}"
+    return text
 
 
 def _write_results(out: Path, params: dict, per_seed: pd.DataFrame, per_sample: pd.DataFrame,

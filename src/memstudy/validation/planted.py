@@ -51,6 +51,7 @@ from sklearn.metrics import roc_auc_score
 
 from ..config import SPLIT_FRACTIONS
 from ..data.cohort import Cohort, make_cohort
+from ..data.phantom import CONTRASTS
 from ..data.splits import split_patients
 from ..detect.external import EXTERNAL_ENV
 from ..detect.factory import ALL_DETECTORS, make_detector
@@ -101,16 +102,18 @@ class BenchmarkSets:
         return self.kind != NOVEL
 
 
-def _patients(ids: np.ndarray, image_size: int, slices: int, seed: int) -> Cohort:
+def _patients(ids: np.ndarray, image_size: int, slices: int, seed: int,
+              contrast: str = "t2") -> Cohort:
     """Slices of whole patients; each patient has ``2 * slices`` heights (see build_sets)."""
-    parts = [make_cohort(1, image_size, 2 * slices, seed=seed, first_patient=int(p)) for p in ids]
+    parts = [make_cohort(1, image_size, 2 * slices, seed=seed, first_patient=int(p),
+                         contrast=contrast) for p in ids]
     return Cohort(*(np.concatenate([getattr(c, f) for c in parts])
                     for f in ("images", "patient_id", "slice_index", "has_lesion")))
 
 
 def draw_patients(image_size: int, n_train: int, n_holdout: int, n_novel: int,
                   slices_per_patient: int, cohort_patients: int, seed: int,
-                  data_seed: int | None = None) -> dict:
+                  data_seed: int | None = None, contrast: str = "t2") -> dict:
     """The patients of one draw: training, holdout and novel slices (even heights), the
     unseen odd heights of the training patients, and the pool's split (see :func:`build_sets`)."""
     spp = slices_per_patient
@@ -131,9 +134,9 @@ def draw_patients(image_size: int, n_train: int, n_holdout: int, n_novel: int,
     def even_odd(c: Cohort) -> tuple[Cohort, Cohort]:
         return c.subset(c.slice_index % 2 == 0), c.subset(c.slice_index % 2 == 1)
 
-    train, unseen = even_odd(_patients(ids["train"], image_size, spp, pool))
-    holdout, _ = even_odd(_patients(ids["holdout"], image_size, spp, pool))
-    novel, _ = even_odd(_patients(ids["test"], image_size, spp, pool))
+    train, unseen = even_odd(_patients(ids["train"], image_size, spp, pool, contrast))
+    holdout, _ = even_odd(_patients(ids["holdout"], image_size, spp, pool, contrast))
+    novel, _ = even_odd(_patients(ids["test"], image_size, spp, pool, contrast))
     return {"train": train, "unseen": unseen, "holdout": holdout, "novel": novel, "split": split,
             "ids": ids}
 
@@ -141,7 +144,7 @@ def draw_patients(image_size: int, n_train: int, n_holdout: int, n_novel: int,
 def build_sets(image_size: int = 32, n_train: int = 64, n_holdout: int = 64,
                n_per_change: int = 32, n_novel: int = 128, slices_per_patient: int = 4,
                cohort_patients: int = 600, seed: int = 0, data_seed: int | None = None,
-               decode_steps: int = 200, device: str = "cpu") -> BenchmarkSets:
+               decode_steps: int = 200, device: str = "cpu", contrast: str = "t2") -> BenchmarkSets:
     """Draw the patients, plant the copies, and label every query.
 
     Each patient is generated at ``2 * slices_per_patient`` heights. Training, holdout and novel
@@ -156,11 +159,14 @@ def build_sets(image_size: int = 32, n_train: int = 64, n_holdout: int = 64,
     data_seed : the pool (anatomy and split); ``None`` = ``seed``, a new pool per seed.
     decode_steps : steps of the autoencoder, trained on the training slices as a latent
         model's stage 1 is, whose round trip makes the ``decoded`` copies (cached).
+    contrast : the look of every patient of the benchmark (:data:`memstudy.data.phantom.CONTRASTS`);
+        the trusted encoder still learns from the study's pool, so another contrast asks how
+        far that ruler carries to images unlike those it learned from.
     """
     spp = slices_per_patient
     pool = seed if data_seed is None else data_seed
     drawn = draw_patients(image_size, n_train, n_holdout, n_novel, spp, cohort_patients,
-                          seed=seed, data_seed=data_seed)
+                          seed=seed, data_seed=data_seed, contrast=contrast)
     train, unseen, holdout, novel, split = (drawn[k] for k in (
         "train", "unseen", "holdout", "novel", "split"))
     ids = drawn["ids"]
@@ -169,7 +175,8 @@ def build_sets(image_size: int = 32, n_train: int = 64, n_holdout: int = 64,
     images, kind, source, pid, sidx = [], [], [], [], []
     train_images = torch.from_numpy(train.images)
     key = {"pool": pool, "seed": seed, "image_size": image_size, "steps": decode_steps,
-           "train_patients": ids["train"].tolist(), "slices": spp, "version": 2}
+           "train_patients": ids["train"].tolist(), "slices": spp, "version": 2,
+           **({"contrast": contrast} if contrast != "t2" else {})}  # t2 keeps its old files
     decode = train_round_trip_autoencoder(train_images, decode_steps, seed + 7919, device,
                                           cache=cache_file("planted_autoencoder", key))
     transforms = {**TRANSFORMS, "decoded": decoder_transform(decode)}
@@ -241,6 +248,15 @@ def detector_metrics(sim: np.ndarray, tau: float, kind: np.ndarray) -> dict[str,
 # --------------------------------------------------------------------------------------------
 
 
+def trusted_spec(params: dict, pool: int) -> TrustedSpec:
+    """The trusted encoder a benchmark with ``params`` uses for patient pool ``pool``."""
+    # a benchmark written before random_contrast existed used none
+    return TrustedSpec.with_budget(
+        params["trusted_steps"], image_size=params["image_size"], data_seed=pool,
+        cohort_patients=params["cohort_patients"], backbone=params["trusted_backbone"],
+        random_contrast=params.get("trusted_random_contrast", 0.0))
+
+
 def _score_seed(sets: BenchmarkSets, detectors: tuple[str, ...], seed: int, params: dict,
                 device: str, external_path: str | None, progress: bool):
     """Score every detector on one seed's sets: per-seed rows and per-query scores."""
@@ -249,10 +265,7 @@ def _score_seed(sets: BenchmarkSets, detectors: tuple[str, ...], seed: int, para
     rows, scores = [], []
     for name in detectors:
         t0 = time.perf_counter()
-        trusted = TrustedSpec.with_budget(
-            params["trusted_steps"], image_size=params["image_size"],
-            data_seed=seed if params["data_seed"] is None else params["data_seed"],
-            cohort_patients=params["cohort_patients"], backbone=params["trusted_backbone"])
+        trusted = trusted_spec(params, seed if params["data_seed"] is None else params["data_seed"])
         det = make_detector(name, dim=params["encoder_dim"], steps=params["encoder_steps"],
                             seed=seed, device=device, external_path=external_path,
                             trusted=trusted).fit(train)
@@ -288,7 +301,7 @@ def run_benchmark(image_size: int = 32, n_train: int = 64, seed: int = 0,
                   trusted_backbone: str = "small", decode_steps: int = 200,
                   percentile: float = 95.0, n_boot: int = 2000, device: str = "cpu",
                   external_path: str | None = None, tau_draws: int = 40,
-                  progress: bool = True) -> pd.DataFrame:
+                  contrast: str = "t2", progress: bool = True) -> pd.DataFrame:
     """Score every detector on planted copies and novel slices; write tables and figures.
 
     Parameters
@@ -314,6 +327,7 @@ def run_benchmark(image_size: int = 32, n_train: int = 64, seed: int = 0,
     tau_draws : fresh draws of patients (no copies) on which the rule's tau is recomputed and
         its false-positive rate on novel slices measured (:mod:`.tau_rule`), in ``data_seed``'s
         pool (the first seed's when each seed has its own); 0 skips them.
+    contrast : the benchmark patients' contrast (see :func:`build_sets`); ``t2`` is the study's.
 
     Returns
     -------
@@ -328,6 +342,8 @@ def run_benchmark(image_size: int = 32, n_train: int = 64, seed: int = 0,
     if unknown:
         raise ValueError(f"unknown detector(s) {unknown}: choose from {', '.join(ALL_DETECTORS)}")
     TrustedSpec(image_size=image_size, backbone=trusted_backbone)  # a bad choice fails now
+    if contrast not in CONTRASTS:
+        raise ValueError(f"contrast={contrast!r} is not one of {', '.join(CONTRASTS)}")
     seeds = tuple(seeds) if seeds else (seed,)
     out = Path(out_dir) if out_dir is not None else results_root() / "validation"
     device = resolve_device(device)
@@ -337,13 +353,14 @@ def run_benchmark(image_size: int = 32, n_train: int = 64, seed: int = 0,
                   slices_per_patient=slices_per_patient, cohort_patients=cohort_patients,
                   encoder_steps=encoder_steps, encoder_dim=encoder_dim,
                   trusted_steps=trusted_steps, trusted_backbone=trusted_backbone,
+                  trusted_random_contrast=TrustedSpec().random_contrast,
                   decode_steps=decode_steps, percentile=percentile, n_boot=n_boot, device=device,
-                  tau_draws=tau_draws)
+                  tau_draws=tau_draws, contrast=contrast)
     per_seed, scores, first = [], [], None
     for s in seeds:
         sets = build_sets(image_size, n_train, n_holdout, n_per_change, n_novel,
                           slices_per_patient, cohort_patients, seed=s, data_seed=data_seed,
-                          decode_steps=decode_steps, device=device)
+                          decode_steps=decode_steps, device=device, contrast=contrast)
         first = first or sets
         rows, found = _score_seed(sets, detectors, s, params, device, external_path, progress)
         per_seed += rows
@@ -409,6 +426,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="fresh draws of patients on which tau is recomputed, to measure the "
                         "rule's false-positive rate on novel patients (0: skip; Dar et al.'s "
                         "per-cell encoder is not redrawn)")
+    parser.add_argument("--contrast", default="t2", choices=CONTRASTS,
+                        help="render the benchmark's patients in another contrast than the "
+                        "study's t2 (the trusted encoder still learns from the study's pool): "
+                        "how far does each ruler carry to images unlike its own?")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     parser.add_argument("--external-encoder", default=None,
                         help="TorchScript (or .pt2) file of the external detector "
@@ -424,7 +445,7 @@ def main(argv: list[str] | None = None) -> int:
                               trusted_backbone=args.trusted_backbone,
                               decode_steps=args.decode_steps, n_boot=args.n_boot,
                               device=args.device, external_path=args.external_encoder,
-                              tau_draws=args.tau_draws)
+                              tau_draws=args.tau_draws, contrast=args.contrast)
     except (ValueError, FileNotFoundError) as err:
         print(f"memstudy validate: error: {err}", file=sys.stderr)
         return 2

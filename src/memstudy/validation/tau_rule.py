@@ -28,10 +28,9 @@ import pandas as pd
 import torch
 
 from ..detect.factory import make_detector
-from ..detect.trusted import TrustedSpec
 from ..metrics.intervals import cluster_means, percentile_interval
 from ..metrics.scoring import score
-from .planted import draw_patients
+from .planted import draw_patients, trusted_spec
 
 RETRAINED_PER_CELL = ("contrastive", "contrastive3d")  # their encoder learns each training set
 FIRST_DRAW = 1000  # draw seeds start here, apart from the benchmark's own seeds
@@ -48,15 +47,14 @@ def rule_draws(params: dict, detectors: tuple[str, ...], draws: int, device: str
     # One pool for every seed (--data-seed), or a pool per seed: then the first seed's.
     pool = params["seeds"][0] if params["data_seed"] is None else params["data_seed"]
     names = [d for d in detectors if include_retrained or d not in RETRAINED_PER_CELL]
-    trusted = TrustedSpec.with_budget(
-        params["trusted_steps"], image_size=params["image_size"], data_seed=pool,
-        cohort_patients=params["cohort_patients"], backbone=params["trusted_backbone"])
+    trusted = trusted_spec(params, pool)
     built = {}
     rows = []
     for d in range(FIRST_DRAW, FIRST_DRAW + draws):
         sets = draw_patients(params["image_size"], params["n_train"], params["n_holdout"],
                              params["n_novel"], params["slices_per_patient"],
-                             params["cohort_patients"], seed=d, data_seed=pool)
+                             params["cohort_patients"], seed=d, data_seed=pool,
+                             contrast=params.get("contrast", "t2"))  # older runs: the study's
         train, holdout, novel = (torch.from_numpy(sets[k].images) for k in
                                  ("train", "holdout", "novel"))
         for name in names:
