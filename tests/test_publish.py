@@ -172,3 +172,25 @@ def test_the_committed_reference_is_small():
     assert size < SIZE_LIMIT_MB * 1e6, f"reference/ holds {size / 1e6:.1f} MB"
     provenance = json.loads((root / "reference" / "provenance.json").read_text())
     assert provenance["preset"] == "reference"
+
+
+def test_a_benchmark_alone_is_published_beside_the_grid_already_there(grid, tmp_path):
+    first = publish(grid, to=tmp_path / "pub")
+    bench = tmp_path / "validation_32px_t1"
+    bench.mkdir()
+    (bench / "benchmark.json").write_text('{"params": {}}')
+    (bench / "validation.csv").write_text("detector,auc\npixel,0.8\n")
+    (bench / "model.pt").write_bytes(b"never published")
+    before = {p.relative_to(tmp_path / "pub"): p.read_bytes()
+              for p in (tmp_path / "pub" / grid.name).rglob("*") if p.is_file()}
+    done = publish(None, to=tmp_path / "pub", validation=(bench,))
+    assert done.provenance == {} and first.provenance
+    after = {p.relative_to(tmp_path / "pub"): p.read_bytes()
+             for p in (tmp_path / "pub" / grid.name).rglob("*") if p.is_file()}
+    assert after == before  # the grid, its provenance included, untouched
+    assert sorted(p.name for p in (tmp_path / "pub" / bench.name).iterdir()) == [
+        "benchmark.json", "validation.csv"]
+    readme = (tmp_path / "pub" / "README.md").read_text()
+    assert f"`{bench.name}/` | validation benchmark" in readme and f"## `{grid.name}/`" in readme
+    with pytest.raises(PublishError, match="nothing to publish"):
+        publish(None, to=tmp_path / "pub")

@@ -89,6 +89,8 @@ examples:
   memstudy publish results/reference --to reference --validation results/validation_64px
       copies the allow-listed small files of the grid and the benchmark into reference/
   memstudy publish results/quick --to /tmp/pub --allow-incomplete
+  memstudy publish --validation results/validation_32px_t1
+      a benchmark alone, beside the grids already in reference/ (they stay as they were)
 
 publishes: grid.json, report.parquet/.csv (rebuilt from the copied cells), provenance.json;
 per complete cell config/metrics/env.json, stats.jsonl, eval/*.json and eval/*.npz, and only
@@ -173,7 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=PUBLISH_EPILOG, formatter_class=_Raw,
         description="Publish a grid (and detector benchmarks) as small files the repository "
         "holds and the book builds from, with provenance.json and a README.")
-    publish.add_argument("grid", type=Path, metavar="GRID_DIR", help="e.g. results/reference")
+    publish.add_argument("grid", type=Path, metavar="GRID_DIR", nargs="?", default=None,
+                         help="e.g. results/reference; leave it out to publish --validation "
+                         "folders alone, beside what the root already holds")
     publish.add_argument("--to", type=Path, default=Path("reference"), metavar="DIR",
                          help="the published results root (default: reference)")
     publish.add_argument("--validation", nargs="+", type=Path, default=[], metavar="DIR",

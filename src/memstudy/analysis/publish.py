@@ -114,7 +114,7 @@ class Published:
     root: Path
     size_bytes: int
     n_files: int
-    provenance: dict[str, Any]
+    provenance: dict[str, Any]  # the grid's; empty when only benchmarks were published
 
     def format(self) -> str:
         return (f"published {self.root}: {self.n_files} files, {self.size_bytes / 1e6:.2f} MB "
@@ -192,7 +192,7 @@ def check_validation(folder: Path) -> None:
                            "publish (patient pixels and per-patient scores must never be published).")
 
 
-def publish(grid_dir: str | Path, to: str | Path = "reference",
+def publish(grid_dir: str | Path | None, to: str | Path = "reference",
             validation: tuple[str | Path, ...] = (), allow_incomplete: bool = False,
             grid_command: str | None = None, command: str | None = None) -> Published:
     """Copy the allow-listed files of a grid (and validation folders) into the results root
@@ -200,14 +200,18 @@ def publish(grid_dir: str | Path, to: str | Path = "reference",
 
     Other folders already in ``to`` are kept; a folder of the same name is replaced. Every
     check runs before anything is written; the new root is assembled beside ``to`` and
-    renamed into place.
+    renamed into place. ``grid_dir=None`` publishes the validation folders alone (a new
+    benchmark beside grids published before, which stay as they were).
     """
-    grid_dir, to = Path(grid_dir), Path(to)
-    status = check_grid(grid_dir, allow_incomplete)
+    to = Path(to)
     validation = tuple(Path(v) for v in validation)
+    if grid_dir is None and not validation:
+        raise PublishError("nothing to publish: give a grid folder, --validation folders, or both.")
+    grid_dir = None if grid_dir is None else Path(grid_dir)
+    status = check_grid(grid_dir, allow_incomplete) if grid_dir is not None else {}
     for folder in validation:
         check_validation(folder)
-    names = [grid_dir.name, *(v.name for v in validation)]
+    names = [*([grid_dir.name] if grid_dir is not None else []), *(v.name for v in validation)]
     if len(set(names)) < len(names):
         raise PublishError(f"two published folders would share a name: {names}")
 
@@ -218,14 +222,16 @@ def publish(grid_dir: str | Path, to: str | Path = "reference",
             for entry in to.iterdir():
                 if entry.is_dir() and entry.name not in names:
                     shutil.copytree(entry, tmp / entry.name, copy_function=shutil.copy2)
-        _copy_grid(grid_dir, tmp / grid_dir.name, status)
         for folder in validation:
             _copy_allowed(folder, tmp / folder.name, "validation")
-        from .report import write_report
+        provenance = {}
+        if grid_dir is not None:
+            from .report import write_report
 
-        write_report(tmp / grid_dir.name)  # the report matches the copied cells, nothing else
-        provenance = grid_provenance(grid_dir, status, grid_command, command)
-        write_json_atomic(tmp / grid_dir.name / "provenance.json", provenance)
+            _copy_grid(grid_dir, tmp / grid_dir.name, status)
+            write_report(tmp / grid_dir.name)  # the report matches the copied cells, nothing else
+            provenance = grid_provenance(grid_dir, status, grid_command, command)
+            write_json_atomic(tmp / grid_dir.name / "provenance.json", provenance)
         write_bytes_atomic(tmp / "README.md", readme(tmp, to.name).encode())
         bad = disallowed_files(tmp)
         if bad:  # cannot happen through _copy_*: a kept older folder holds something else
