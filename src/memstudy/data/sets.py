@@ -194,8 +194,7 @@ def share_fingerprint(cfg: RunConfig, share: str, root=None) -> str:
     """
     pool, split, _ = _real_pool(cfg, root)
     digest = hashlib.sha256(cfg.dataset.encode())
-    images = {os.fspath(part) for p in pool.patients for item in p.items
-              for part in (item if isinstance(item, tuple) else (item,))
+    images = {os.fspath(part) for p in pool.patients for part in _parts(p)
               if isinstance(part, os.PathLike)}
     for path in sorted(pool.root.iterdir()):  # the files that are no patient's image
         if path.is_file() and not path.name.startswith(".") and os.fspath(path) not in images:
@@ -203,10 +202,15 @@ def share_fingerprint(cfg: RunConfig, share: str, root=None) -> str:
     for i in split[share]:
         patient = pool.patients[i]
         digest.update(f"\n{patient.key}".encode())
-        for item in patient.items:
-            for part in item if isinstance(item, tuple) else (item,):
-                digest.update(f"|{_describe_part(part, pool.root)}".encode())
+        for part in _parts(patient):
+            digest.update(f"|{_describe_part(part, pool.root)}".encode())
     return digest.hexdigest()[:16]
+
+
+def _parts(patient) -> list:
+    """A patient's items flattened: files, or (file, split, row) tuples taken apart."""
+    return [part for item in patient.items
+            for part in (item if isinstance(item, tuple) else (item,))]
 
 
 def _describe_part(part, root) -> str:
